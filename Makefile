@@ -1,0 +1,54 @@
+# Two commands matter: `make run` and `make test`. Everything else is a step they use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/deps/requirements.txt | sha256sum | cut -c1-12)
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export PYTHONPATH := layers/shared/python:functions:.
+
+.PHONY: install run test unit lint typecheck bench synth layers deploy clean
+
+$(STAMP): requirements-dev.txt layers/deps/requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## Serve the whole stack locally on the embedded runtime (PORT=8000, DEMO_API_KEY optional).
+run: install
+	$(PY) -m infra.local serve
+
+## Lint, type-check, then the whole suite (unit, integration, infra, e2e).
+test: install lint typecheck
+	$(PY) -m pytest -q
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy layers/shared/python/aigateway functions infra app.py bench
+
+## Benchmarks: gateway-added latency, cold start, DynamoDB calls per request.
+bench: install
+	$(PY) -m bench
+
+layers: install
+	$(PY) -c "from infra.layers import build_deps_layer, build_shared_layer; print(build_deps_layer()); print(build_shared_layer())"
+
+synth: install
+	$(PY) -m infra.local synth
+
+## Deploy to the AWS account in your environment (needs credentials and a bootstrapped account).
+deploy: install layers
+	npm ci --no-audit --no-fund
+	npx cdk deploy --app "$(PY) app.py" --require-approval broadening
+
+clean:
+	rm -rf build cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,175 @@
+"""Stateful resources: the data key, the three tables, the jobs queue, alerts, secret, exports."""
+
+from __future__ import annotations
+
+from aws_cdk import Acknowledgment, Duration, RemovalPolicy, SecretValue, Validations
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra import routes
+
+# SQS guidance for Lambda event sources: visibility timeout at least 6x the consumer's timeout.
+JOBS_CONSUMER = "scoring_dispatch"
+JOBS_MAX_RECEIVE_COUNT = 3
+STRING = dynamodb.AttributeType.STRING
+
+
+class Data(Construct):
+    """One customer-managed key encrypts every table, queue, topic, secret and the exports bucket."""
+
+    def __init__(self, scope: Construct, construct_id: str) -> None:
+        super().__init__(scope, construct_id)
+
+        self.key = kms.Key(
+            self,
+            "DataKey",
+            description="AI Gateway data key: tables, queues, topic, secret, exports",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        # CloudWatch alarms publish to the encrypted Alerts topic.
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowCloudWatchAlarmsToUseTheKey",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],  # in a key policy, "*" means this key
+            )
+        )
+
+        encryption = {
+            "encryption": dynamodb.TableEncryption.CUSTOMER_MANAGED,
+            "encryption_key": self.key,
+            "billing_mode": dynamodb.BillingMode.PAY_PER_REQUEST,
+            "point_in_time_recovery_specification": dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+        }
+
+        # Response cache: disposable, expires by TTL.
+        self.cache_table = dynamodb.Table(
+            self,
+            "Cache",
+            partition_key=dynamodb.Attribute(name="pk", type=STRING),
+            time_to_live_attribute="expires_at",
+            removal_policy=RemovalPolicy.DESTROY,
+            **encryption,  # type: ignore[arg-type]
+        )
+        # Usage ledger: the financial record. Never deleted with the stack.
+        self.ledger_table = dynamodb.Table(
+            self,
+            "Ledger",
+            partition_key=dynamodb.Attribute(name="pk", type=STRING),
+            sort_key=dynamodb.Attribute(name="sk", type=STRING),
+            removal_policy=RemovalPolicy.RETAIN,
+            deletion_protection=True,
+            **encryption,  # type: ignore[arg-type]
+        )
+        # Tenants, keys, budgets, limits, jobs, leads, conversations, circuits.
+        self.state_table = dynamodb.Table(
+            self,
+            "State",
+            partition_key=dynamodb.Attribute(name="pk", type=STRING),
+            sort_key=dynamodb.Attribute(name="sk", type=STRING),
+            time_to_live_attribute="expires_at",
+            removal_policy=RemovalPolicy.RETAIN,
+            **encryption,  # type: ignore[arg-type]
+        )
+        self.state_table.add_global_secondary_index(
+            index_name="gsi1",
+            partition_key=dynamodb.Attribute(name="gsi1pk", type=STRING),
+            sort_key=dynamodb.Attribute(name="gsi1sk", type=STRING),
+            projection_type=dynamodb.ProjectionType.ALL,
+        )
+
+        self.jobs_dlq = sqs.Queue(
+            self,
+            "JobsDlq",
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=self.key,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        Validations.of(self.jobs_dlq).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-SQS3",
+                reason="This queue is the dead-letter queue of Jobs; a DLQ has no DLQ of its own.",
+            )
+        )
+        consumer_timeout = routes.function(JOBS_CONSUMER).timeout_s
+        self.jobs_queue = sqs.Queue(
+            self,
+            "Jobs",
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=self.key,
+            enforce_ssl=True,
+            visibility_timeout=Duration.seconds(6 * consumer_timeout),
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.jobs_dlq, max_receive_count=JOBS_MAX_RECEIVE_COUNT
+            ),
+        )
+
+        self.alerts_topic = sns.Topic(
+            self,
+            "Alerts",
+            display_name="AI Gateway alerts",
+            master_key=self.key,
+            enforce_ssl=True,
+        )
+
+        # Set by the operator after deploy (docs/operations.md); CDK generates no value.
+        self.openai_secret = secretsmanager.Secret(
+            self,
+            "OpenAiCredentials",
+            description='OpenAI-compatible provider credentials: {"api_key": "...", "base_url": "..."}',
+            encryption_key=self.key,
+            secret_object_value={
+                "api_key": SecretValue.unsafe_plain_text(""),
+                "base_url": SecretValue.unsafe_plain_text(""),
+            },
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        Validations.of(self.openai_secret).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-SMG4",
+                reason="Third-party provider API key: issued and rotated at the provider by the "
+                "operator, who then updates the secret; there is no rotation Lambda to run.",
+            )
+        )
+
+        self.access_logs_bucket = s3.Bucket(
+            self,
+            "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,  # server access logging requires SSE-S3
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        Validations.of(self.access_logs_bucket).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-S1",
+                reason="This is the server access log bucket; logging it into itself would loop.",
+            )
+        )
+        self.exports_bucket = s3.Bucket(
+            self,
+            "Exports",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.key,
+            bucket_key_enabled=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=self.access_logs_bucket,
+            server_access_logs_prefix="exports/",
+            removal_policy=RemovalPolicy.RETAIN,
+        )

@@ -1,0 +1,88 @@
+"""`python -m infra.local serve`: the whole stack on http://127.0.0.1:$PORT (DESIGN §7).
+
+Environment: PORT (default 8000), DEMO_API_KEY (fix the demo tenant's key), OPENAI_API_KEY and
+OPENAI_BASE_URL (use a real OpenAI-compatible provider instead of the simulated one),
+SIM_FAULTS (fault plan for the simulated provider, JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from infra.local.apigateway import LocalApiGateway
+from infra.local.runtime import LocalStack, synthesize
+from infra.local.server import LocalHttpServer
+
+
+def serve(port: int) -> None:
+    template = synthesize()
+    overrides: dict[str, str] = {}
+    simulator = None
+    if not os.environ.get("OPENAI_API_KEY"):
+        from aigateway.llm.simulated import SimulatedProvider, SimulatedProviderServer
+
+        simulator = SimulatedProviderServer(SimulatedProvider())
+        overrides["SIMULATOR_URL"] = simulator.start()
+        overrides["PROVIDER"] = "simulated"
+    stack = LocalStack(template, env_overrides=overrides).start()
+    from infra.local.seed import seed_demo_tenant
+
+    demo = seed_demo_tenant(os.environ.get("DEMO_API_KEY") or None)
+    server = LocalHttpServer(LocalApiGateway(stack), port=port)
+    url = server.start()
+    provider = f"simulated ({overrides['SIMULATOR_URL']})" if simulator else f"OpenAI-compatible ({os.environ.get('OPENAI_BASE_URL') or 'api.openai.com'})"
+    print(_banner(url, demo.api_key, provider), flush=True)
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        stack.stop()
+        if simulator is not None:
+            simulator.stop()
+
+
+def _banner(url: str, key: str, provider: str) -> str:
+    body = '{"template":"skill_assessment","variables":{"skill":"SQL","question":"What does a LEFT JOIN return?","answer":"All rows from the left table and matching rows from the right, with NULLs where nothing matches."}}'
+    return f"""
+Serverless AI Gateway is running on the embedded runtime at {url}
+  model provider : {provider}
+  demo tenant    : demo (role admin)
+  demo API key   : {key}
+
+Try it:
+  curl -s {url}/v1/health
+  curl -s {url}/v1/generate -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
+       -d '{body}'
+  # the same request again is a cache hit ("cached": true, cost 0)
+  curl -s {url}/v1/openapi.json | head -c 400
+
+Ctrl-C stops it (state lives in memory and starts fresh next time).
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m infra.local")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = sub.add_parser("serve", help="serve the stack on loopback")
+    serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    sub.add_parser("synth", help="synthesize the CDK template into build/cdk.out")
+    args = parser.parse_args()
+    if args.command == "serve":
+        serve(args.port)
+    elif args.command == "synth":
+        print(synthesize(force=True))
+    else:  # pragma: no cover - argparse enforces the choices
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The loopback HTTP server in front of LocalApiGateway."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from infra.local.apigateway import LocalApiGateway
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    gateway: LocalApiGateway
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        response = self.gateway.handle(self.command, self.path, dict(self.headers.items()), body, self.client_address[0])
+        self.send_response(response.status)
+        for key, value in response.headers.items():
+            if key not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(key, value)
+        self.send_header("content-length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815 - http.server's naming
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        pass  # the handlers' structured logs say what happened; no access-log noise
+
+
+class LocalHttpServer:
+    def __init__(self, gateway: LocalApiGateway, host: str = "127.0.0.1", port: int = 8000):
+        handler = type("Handler", (_Handler,), {"gateway": gateway})
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> str:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="local-http", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,90 @@
+"""The one route table: CDK builds the HTTP API from it and the local runtime serves it.
+
+Each function named here is a folder `functions/<name>/` whose package `<name>.handler` exposes
+`lambda_handler`. Routes with `public=True` skip the authorizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # API Gateway syntax: /v1/things/{id}
+    function: str
+    public: bool = False
+
+
+@dataclass(frozen=True)
+class Function:
+    """One Lambda: its folder under functions/, and what it may touch (see infra/functions.py)."""
+
+    name: str
+    description: str
+    memory_mb: int = 512
+    timeout_s: int = 29
+    # Which data/messaging resources the function's role is granted, and how.
+    grants: tuple[str, ...] = field(default_factory=tuple)
+
+
+FUNCTIONS: tuple[Function, ...] = (
+    Function(
+        "authorizer",
+        "Resolves an API key to tenant, user and role",
+        memory_mb=256,
+        timeout_s=5,
+        grants=("state:read",),
+    ),
+    Function(
+        "generate",
+        "Template-driven generation: render, cache, provider, ledger",
+        grants=("cache:readwrite", "ledger:write", "state:read", "secret:read"),
+    ),
+    Function(
+        "admin",
+        "Health, OpenAPI document and operator endpoints",
+        memory_mb=256,
+        timeout_s=10,
+        grants=("cache:describe", "ledger:describe", "state:read"),
+    ),
+    Function(
+        "scoring_dispatch",
+        "SQS consumer: starts one workflow execution per job message",
+        memory_mb=256,
+        timeout_s=30,
+        grants=("state:readwrite", "workflow:start"),
+    ),
+    Function(
+        "workflow",
+        "Task states of the asynchronous job workflow",
+        timeout_s=60,
+        grants=("cache:readwrite", "ledger:write", "state:readwrite", "secret:read"),
+    ),
+)
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/generate", "generate"),
+    Route("GET", "/v1/health", "admin", public=True),
+    Route("GET", "/v1/openapi.json", "admin", public=True),
+)
+
+# The synchronous limit API Gateway puts on an integration; handlers plan their deadline from it.
+API_GATEWAY_TIMEOUT_S = 30
+
+
+def function(name: str) -> Function:
+    for f in FUNCTIONS:
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+def http_functions() -> list[str]:
+    """Functions that sit behind an HTTP route, in route-table order."""
+    seen: list[str] = []
+    for r in ROUTES:
+        if r.function not in seen:
+            seen.append(r.function)
+    return seen

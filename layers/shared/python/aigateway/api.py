@@ -1,0 +1,161 @@
+"""HTTP plumbing shared by every API function: one place that maps errors to responses.
+
+Handlers build their resolver with `create_app()` and export `lambda_handler = entrypoint(app)`.
+Before routing, the entrypoint assigns the request id, enforces the body-size limit and
+authenticates (so an unauthenticated caller learns nothing about validation); afterwards every
+response carries `x-request-id`. Domain errors map to `{error: {code, message, field?}, request_id}`;
+anything unexpected is logged with its trace and answered as a bare 500 without one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from aigateway.auth import Principal, principal_from_event
+from aigateway.errors import GatewayError, InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
+from aigateway.ids import new_id
+from aigateway.observability import logger
+from aigateway.settings import get_settings
+from aigateway.store.dynamo import request_stats, track_request
+
+JSON = "application/json"
+# Leave this much of the Lambda's remaining time for writing the ledger and answering.
+DEADLINE_RESERVE_S = 1.5
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the caller stops waiting, on the monotonic clock."""
+
+    at: float
+
+    @classmethod
+    def from_context(cls, context: Any, *, cap_s: float = 29.0) -> Deadline:
+        remaining_ms = getattr(context, "get_remaining_time_in_millis", lambda: cap_s * 1000)()
+        return cls(time.monotonic() + min(cap_s, remaining_ms / 1000))
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def budget_for_call(self, ceiling_s: float) -> float:
+        """A timeout for one outbound call: never past the deadline, minus a reserve to finish up."""
+        return max(0.05, min(ceiling_s, self.remaining_s() - DEADLINE_RESERVE_S))
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    request_id: str
+    principal: Principal | None
+    deadline: Deadline
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(status_code=status, content_type=JSON, body=json.dumps(body), headers=headers or {})
+
+
+def error_response(error: GatewayError, request_id: str) -> Response:
+    return json_response(error.status, error.body(request_id), error.headers)
+
+
+def create_app() -> APIGatewayHttpResolver:
+    app = APIGatewayHttpResolver(enable_validation=True)
+
+    @app.exception_handler(GatewayError)
+    def _domain(exc: GatewayError) -> Response:
+        level = logger().error if exc.status >= 500 else logger().info
+        level("request failed", extra={"error_code": exc.code, "status": exc.status})
+        return error_response(exc, request_info(app).request_id)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(exc: RequestValidationError) -> Response:
+        return error_response(_validation_error(exc), request_info(app).request_id)
+
+    @app.not_found
+    def _not_found(_: Exception) -> Response:
+        return error_response(NotFound("no such route"), request_info(app).request_id)
+
+    return app
+
+
+def _validation_error(exc: RequestValidationError) -> GatewayError:
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        return InvalidJson("request body is not valid JSON", field="body")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # Powertools prefixes body fields with the parameter name; the client only knows the field.
+    if len(loc) > 1:
+        loc = loc[1:]
+    field = ".".join(loc) or "body"
+    if first.get("type") == "missing":
+        message = f"field {field!r} is required"
+    elif first.get("type") == "extra_forbidden":
+        message = f"field {field!r} is not allowed"
+    else:
+        message = f"field {field!r}: {first.get('msg', 'invalid value')}"
+    return ValidationFailed(message, field=field)
+
+
+def request_info(app: APIGatewayHttpResolver) -> RequestInfo:
+    info = app.context.get("request")
+    if not isinstance(info, RequestInfo):  # only before routing, e.g. a 404 with no context yet
+        return RequestInfo(request_id=new_id(), principal=None, deadline=Deadline(time.monotonic() + 29))
+    return info
+
+
+def require_principal(app: APIGatewayHttpResolver) -> Principal:
+    principal = request_info(app).principal
+    if principal is None:  # pragma: no cover - entrypoint authenticates non-public routes first
+        raise GatewayError("route reached without authentication")
+    return principal
+
+
+def entrypoint(
+    app: APIGatewayHttpResolver, *, public_routes: frozenset[str] = frozenset()
+) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The Lambda handler for an HTTP API function."""
+
+    @logger().inject_lambda_context(clear_state=True)
+    def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        request_id = new_id()
+        logger().append_keys(request_id=request_id, route=event.get("routeKey"))
+        try:
+            principal = None
+            if event.get("routeKey") not in public_routes:
+                principal = principal_from_event(event)
+                logger().append_keys(tenant_id=principal.tenant_id, key_id=principal.key_id)
+            body = event.get("body") or ""
+            if len(body.encode("utf-8") if isinstance(body, str) else body) > get_settings().max_body_bytes:
+                raise PayloadTooLarge(f"request body exceeds {get_settings().max_body_bytes} bytes", field="body")
+        except GatewayError as exc:
+            return {
+                "statusCode": exc.status,
+                "headers": {"content-type": JSON, "x-request-id": request_id, **exc.headers},
+                "body": json.dumps(exc.body(request_id)),
+                "isBase64Encoded": False,
+            }
+        app.append_context(request=RequestInfo(request_id, principal, Deadline.from_context(context)))
+        started = time.perf_counter()
+        outer = request_stats()
+        with nullcontext(outer) if outer is not None else track_request() as stats:
+            result = app.resolve(event, context)
+        result.setdefault("headers", {})["x-request-id"] = request_id
+        logger().info(
+            "request completed",
+            extra={
+                "status": result.get("statusCode"),
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                "ddb_calls": stats.calls,
+                "ddb_phases": stats.phases,
+            },
+        )
+        return result
+
+    return lambda_handler

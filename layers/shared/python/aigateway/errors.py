@@ -1,0 +1,99 @@
+"""Domain errors. Logic raises these; one mapper per transport turns them into responses.
+
+Each error carries a machine-readable `code`, the HTTP status it maps to, and optionally the
+request `field` it concerns. Nothing here knows about HTTP frameworks.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def body(self, request_id: str) -> dict[str, object]:
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error, "request_id": request_id}
+
+
+class InvalidRequest(GatewayError):
+    code = "invalid_request"
+    status = 400
+
+
+class InvalidJson(InvalidRequest):
+    code = "invalid_json"
+
+
+class PayloadTooLarge(GatewayError):
+    code = "payload_too_large"
+    status = 413
+
+
+class ValidationFailed(GatewayError):
+    code = "validation_error"
+    status = 422
+
+
+class UnknownTemplate(GatewayError):
+    code = "unknown_template"
+    status = 404
+
+
+class UnknownModel(GatewayError):
+    code = "unknown_model"
+    status = 400
+
+
+class Unauthorized(GatewayError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(GatewayError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(GatewayError):
+    code = "not_found"
+    status = 404
+
+
+class ProviderError(GatewayError):
+    """The model provider failed and no fallback could answer."""
+
+    code = "provider_error"
+    status = 502
+
+
+class ProviderTimeout(ProviderError):
+    code = "provider_timeout"
+    status = 504
+
+
+class ProviderRateLimited(ProviderError):
+    code = "provider_rate_limited"
+    status = 503
+
+
+class InvalidModelOutput(ProviderError):
+    """The model answered, but not in the shape the template's schema demands."""
+
+    code = "invalid_model_output"
+    status = 502
+
+
+class TemplateError(GatewayError):
+    """A template in prompts/ is malformed: a packaging fault, found at load time."""
+
+    code = "template_error"
+    status = 500

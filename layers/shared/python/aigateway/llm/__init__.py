@@ -1,0 +1,1 @@
+"""Model access: catalog, parameter profiles, client factory, token counting, simulated provider."""
