@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import jsii
-
 from aws_cdk import Acknowledgment, CfnOutput, Duration, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_apigateway as apigw  # AccessLogFormat only (shared with HTTP APIs)
 from aws_cdk import aws_apigatewayv2 as apigwv2
@@ -51,9 +50,7 @@ ACCESS_LOG_FORMAT = json.dumps(
 class _AccessLogSettings:
     """`IAccessLogSettings` is a jsii interface, not a struct: Python implements it as a class."""
 
-    def __init__(
-        self, destination: apigwv2.IAccessLogDestination, format_: apigw.AccessLogFormat
-    ) -> None:
+    def __init__(self, destination: apigwv2.IAccessLogDestination, format_: apigw.AccessLogFormat) -> None:
         self._destination = destination
         self._format = format_
 
@@ -88,9 +85,7 @@ class Api(Construct):
             http_api=self.http_api,
             stage_name="$default",
             auto_deploy=True,
-            throttle=apigwv2.ThrottleSettings(
-                rate_limit=THROTTLE_RATE_LIMIT, burst_limit=THROTTLE_BURST_LIMIT
-            ),
+            throttle=apigwv2.ThrottleSettings(rate_limit=THROTTLE_RATE_LIMIT, burst_limit=THROTTLE_BURST_LIMIT),
             access_log_settings=_AccessLogSettings(
                 apigwv2.LogGroupLogDestination(self.access_logs),
                 apigw.AccessLogFormat.custom(ACCESS_LOG_FORMAT),
@@ -115,9 +110,7 @@ class Api(Construct):
 
         self.routes: dict[str, apigwv2.HttpRoute] = {}
         for route in routes.ROUTES:
-            authorizer: apigwv2.IHttpRouteAuthorizer = (
-                apigwv2.HttpNoneAuthorizer() if route.public else self.authorizer
-            )
+            authorizer: apigwv2.IHttpRouteAuthorizer = apigwv2.HttpNoneAuthorizer() if route.public else self.authorizer
             (http_route,) = self.http_api.add_routes(
                 path=route.path,
                 methods=[apigwv2.HttpMethod[route.method]],

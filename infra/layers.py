@@ -25,6 +25,8 @@ start. Hash-based pycs are also byte-for-byte reproducible, which keeps CDK asse
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib
@@ -33,7 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +99,18 @@ def _is_current(out: Path, fingerprint: str) -> bool:
     return out.is_dir() and stamp.is_file() and stamp.read_text().strip() == fingerprint
 
 
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One builder per output at a time (pytest-xdist workers, a synth beside a test run)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _reset(out: Path) -> None:
     _stamp(out).unlink(missing_ok=True)  # an interrupted build must never look current
     shutil.rmtree(out, ignore_errors=True)
@@ -142,10 +156,26 @@ def _compile(path: Path) -> None:
     subprocess.run([exe, *args], check=True)
 
 
+def _build(out: Path, fingerprint: str, message: str, populate: Callable[[], None]) -> Path:
+    """Run populate() into a fresh `out` unless its stamp matches; safe across processes."""
+    if _is_current(out, fingerprint):
+        return out
+    with _exclusive(out):
+        if _is_current(out, fingerprint):  # another process built it while we waited
+            return out
+        _log(message)
+        _reset(out)
+        out.mkdir(parents=True)
+        populate()
+        _write_stamp(out, fingerprint)
+    return out
+
+
 def build_deps_layer(*, root: Path = ROOT, build: Path = BUILD) -> Path:
-    """Third-party wheels for arm64 / CPython 3.11, precompiled. Returns the layer directory."""
+    """Third-party wheels for arm64 / CPython LAMBDA_PYTHON, precompiled. Returns the layer dir."""
     requirements = root / "layers" / "deps" / "requirements.txt"
     out = build / "layers" / "deps"
+    site = out / "python"
     pip_args = [
         "install",
         "--quiet",
@@ -159,29 +189,20 @@ def build_deps_layer(*, root: Path = ROOT, build: Path = BUILD) -> Path:
         LAMBDA_PYTHON,
         "--implementation",
         "cp",
-        "--target",
-        str(out / "python"),
-        "-r",
-        str(requirements),
     ]
-    fingerprint = _fingerprint(
-        root, [requirements], *pip_args[:-3], *PROVIDED_BY_RUNTIME, _bytecode_tag()
-    )
-    if _is_current(out, fingerprint):
-        return out
+    fingerprint = _fingerprint(root, [requirements], *pip_args, *PROVIDED_BY_RUNTIME, _bytecode_tag())
 
-    _log(f"building deps layer for {PLATFORM} cp{LAMBDA_PYTHON} into {out} (pip download)")
-    _reset(out)
-    out.mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "pip", *pip_args], check=True)
-    site = out / "python"
-    for name in PROVIDED_BY_RUNTIME:
-        for path in [site / name, *site.glob(f"{name}-*.dist-info")]:
-            shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts: unusable in a layer
-    _compile(site)
-    _write_stamp(out, fingerprint)
-    return out
+    def populate() -> None:
+        target = ["--target", str(site), "-r", str(requirements)]
+        subprocess.run([sys.executable, "-m", "pip", *pip_args, *target], check=True)
+        for name in PROVIDED_BY_RUNTIME:
+            for path in [site / name, *site.glob(f"{name}-*.dist-info")]:
+                shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts: unusable in a layer
+        _compile(site)
+
+    message = f"building deps layer for {PLATFORM} cp{LAMBDA_PYTHON} into {out} (pip download)"
+    return _build(out, fingerprint, message, populate)
 
 
 def _openapi_writer() -> Callable[[Path], object] | None:
@@ -206,21 +227,18 @@ def build_shared_layer(*, root: Path = ROOT, build: Path = BUILD) -> Path:
         f"openapi={bool(writer)}",
         _bytecode_tag(),
     )
-    if _is_current(out, fingerprint):
-        return out
 
-    _log(f"building shared layer into {out}")
-    _reset(out)
-    shutil.copytree(package, out / "python" / "aigateway", ignore=_IGNORE)
-    if prompts.is_dir():
-        shutil.copytree(prompts, out / "prompts", ignore=_IGNORE)
-    else:
-        (out / "prompts").mkdir(parents=True)
-    if writer is not None:
-        writer(out / "openapi.json")
-    _compile(out / "python")
-    _write_stamp(out, fingerprint)
-    return out
+    def populate() -> None:
+        shutil.copytree(package, out / "python" / "aigateway", ignore=_IGNORE)
+        if prompts.is_dir():
+            shutil.copytree(prompts, out / "prompts", ignore=_IGNORE)
+        else:
+            (out / "prompts").mkdir()
+        if writer is not None:
+            writer(out / "openapi.json")
+        _compile(out / "python")
+
+    return _build(out, fingerprint, f"building shared layer into {out}", populate)
 
 
 def stage_function(name: str, *, root: Path = ROOT, build: Path = BUILD) -> Path:
@@ -234,15 +252,12 @@ def stage_function(name: str, *, root: Path = ROOT, build: Path = BUILD) -> Path
         raise FileNotFoundError(f"function {name!r}: {source / 'handler.py'} does not exist")
     out = build / "functions" / name
     fingerprint = _fingerprint(root, [source], name, _bytecode_tag())
-    if _is_current(out, fingerprint):
-        return out
 
-    _log(f"staging function {name} into {out}")
-    _reset(out)
-    shutil.copytree(source, out / name, ignore=_IGNORE)
-    init = out / name / "__init__.py"
-    if not init.exists():
-        init.write_text("")
-    _compile(out / name)
-    _write_stamp(out, fingerprint)
-    return out
+    def populate() -> None:
+        shutil.copytree(source, out / name, ignore=_IGNORE)
+        init = out / name / "__init__.py"
+        if not init.exists():
+            init.write_text("")
+        _compile(out / name)
+
+    return _build(out, fingerprint, f"staging function {name} into {out}", populate)

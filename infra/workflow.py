@@ -38,9 +38,7 @@ class Workflow(Construct):
                 self,
                 name,
                 lambda_function=handler,
-                payload=sfn.TaskInput.from_object(
-                    {"action": action, "job": sfn.JsonPath.entire_payload}
-                ),
+                payload=sfn.TaskInput.from_object({"action": action, "job": sfn.JsonPath.entire_payload}),
                 payload_response_only=True,
                 retry_on_service_exceptions=False,  # explicit retriers below, in a fixed order
                 result_path=result_path,

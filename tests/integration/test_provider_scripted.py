@@ -44,8 +44,8 @@ def completion(content: str, *, prompt: int = 1500, cached: int = 0, completion_
 
 @pytest.fixture
 def provider(sim_server: Any) -> Any:
-    with respx.mock(base_url=sim_server.base_url, assert_all_called=True) as mock:
-        yield mock.post("/chat/completions")
+    with respx.mock(assert_all_called=True) as mock:
+        yield mock.post(f"{sim_server.base_url}/chat/completions")
 
 
 

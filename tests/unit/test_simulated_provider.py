@@ -33,6 +33,7 @@ from aigateway.llm.simulated import (
     FaultPlan,
     SimulatedProvider,
     SimulatedProviderServer,
+    SimulatedTransport,
     simulated_transport,
 )
 
@@ -112,7 +113,7 @@ class Sim:
     def _http_client(self) -> httpx2.Client | None:
         if self.kind == "http":
             return None
-        client = httpx2.Client(transport=simulated_transport(self.provider))
+        client = httpx2.Client(transport=simulated_transport(self.provider, flavor="httpx2"))
         self._closers.append(client)
         return client
 
@@ -129,7 +130,8 @@ class Sim:
         if self.kind == "http":
             client = httpx2.Client(base_url=root, timeout=5.0)
         else:
-            client = httpx2.Client(base_url=root, timeout=5.0, transport=simulated_transport(self.provider))
+            transport = simulated_transport(self.provider, flavor="httpx2")
+            client = httpx2.Client(base_url=root, timeout=5.0, transport=transport)
         self._closers.append(client)
         return client
 
@@ -516,6 +518,36 @@ def test_script_is_consumed_in_order_and_counted(sim: Sim) -> None:
     assert http.post("/_sim/faults", json={"script": ["418"]}).status_code == 400
 
 
+def test_queued_response_is_returned_verbatim_once(sim: Sim) -> None:
+    # Given an exact provider answer queued through the control endpoint (usage with cached tokens)
+    canned = {
+        "id": "chatcmpl-canned",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": 1500,
+            "completion_tokens": 120,
+            "total_tokens": 1620,
+            "prompt_tokens_details": {"cached_tokens": 1024},
+        },
+    }
+    queued = sim.http().post("/_sim/responses", json={"status": 200, "body": canned})
+    assert queued.status_code == 200
+    sim.provider.set_faults({"script": ["500"]})
+    client = sim.openai()
+    # When the SDK calls twice
+    first = client.chat.completions.create(model="gpt-4o-mini", messages=USER)
+    # Then the first call gets the queued answer, the second falls through to the fault script
+    assert first.id == "chatcmpl-canned"
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 1024
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=USER)
+    assert sim.http().post("/_sim/responses", json={"status": "x"}).status_code == 400
+
+
 # -- core (no transport) ---------------------------------------------------------------------------
 
 
@@ -584,19 +616,28 @@ def test_concurrent_requests_are_counted_exactly() -> None:
 # -- transports ------------------------------------------------------------------------------------
 
 
-def test_legacy_httpx_client_works_too() -> None:
-    # Given a legacy httpx.Client (the SDK still accepts one) on the in-process transport
-    provider = SimulatedProvider({"script": ["reset"]}, env={})
-    with httpx.Client(transport=simulated_transport(provider, flavor="httpx")) as http_client:
+def test_one_transport_serves_httpx2_and_legacy_httpx_clients() -> None:
+    # Given one transport object, used by an httpx2.Client and by a legacy httpx.Client
+    provider = SimulatedProvider({"script": ["reset", "ok", "timeout"], "hang_s": 5}, env={})
+    transport: Any = SimulatedTransport(provider)  # duck-typed: either library's BaseTransport
+    with httpx2.Client(transport=transport) as modern:
+        client2 = openai.OpenAI(api_key="sim", base_url=IN_PROCESS_BASE_URL, max_retries=0, http_client=modern)
+        # When the httpx2 client meets the reset fault
+        with pytest.raises(openai.APIConnectionError) as err:
+            client2.chat.completions.create(model="gpt-4o-mini", messages=USER)
+        # Then the error is httpx2's
+        assert isinstance(err.value.__cause__, httpx2.RemoteProtocolError)
+    with httpx.Client(transport=transport) as http_client:
         # (the SDK's annotation says httpx2.Client; at runtime it accepts a legacy httpx.Client)
         legacy = cast(Any, http_client)
         client = openai.OpenAI(api_key="sim", base_url=IN_PROCESS_BASE_URL, max_retries=0, http_client=legacy)
-        # When a reset fault and then a normal answer come back
-        with pytest.raises(openai.APIConnectionError):
-            client.chat.completions.create(model="gpt-4o-mini", messages=USER)
+        # When the legacy client gets a normal answer, then a timeout
         completion = client.chat.completions.create(model="gpt-4o-mini", messages=USER)
-    # Then both behave as with httpx2
+        with pytest.raises(openai.APITimeoutError) as timeout:
+            client.chat.completions.create(model="gpt-4o-mini", messages=USER, timeout=0.05)
+    # Then both work, and the errors are the legacy library's
     assert (completion.choices[0].message.content or "").startswith("[simulated]")
+    assert isinstance(timeout.value.__cause__, httpx.ReadTimeout)
 
 
 def test_stopping_the_server_releases_a_held_request() -> None:

@@ -78,6 +78,12 @@ def create_app() -> APIGatewayHttpResolver:
     def _invalid(exc: RequestValidationError) -> Response:
         return error_response(_validation_error(exc), request_info(app).request_id)
 
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        # A bug, not a request fault: full trace to the log, none to the client.
+        logger().exception("unhandled error")
+        return error_response(GatewayError("internal error; quote the request_id to support"), request_info(app).request_id)
+
     @app.not_found
     def _not_found(_: Exception) -> Response:
         return error_response(NotFound("no such route"), request_info(app).request_id)

@@ -95,6 +95,7 @@ def chat_completion(
 ) -> ProviderReply:
     """One provider call with an explicit timeout; SDK errors become domain errors."""
     import openai
+    from openai.types.chat import ChatCompletion
 
     started = time.perf_counter()
     kwargs: dict[str, Any] = {"model": model, "messages": messages, **params}
@@ -108,9 +109,13 @@ def chat_completion(
         raise ProviderRateLimited("the model provider is rate limiting requests") from exc
     except openai.APIStatusError as exc:
         raise ProviderError(f"the model provider answered HTTP {exc.status_code}") from exc
-    except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
+    except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as exc:
+        # ValueError: a 200 whose body is not JSON surfaces from the SDK as a bare JSONDecodeError.
         raise ProviderError("the model provider's answer could not be read") from exc
     latency_ms = int((time.perf_counter() - started) * 1000)
+    if not isinstance(completion, ChatCompletion):
+        # A 200 with a non-JSON content type comes back from the SDK as the raw text.
+        raise ProviderError("the model provider's answer could not be read")
     if not completion.choices:
         raise ProviderError("the model provider returned no choices")
     choice = completion.choices[0]

@@ -9,7 +9,7 @@ responses carry `system_fingerprint: "fp_simulated"` and the header `x-simulated
 Layout: a pure core (`SimulatedProvider.handle`, no I/O, no sleeping) and thin transports that
 carry out what the core decides (delays, dropped connections):
 - `SimulatedProviderServer`: HTTP/1.1 on 127.0.0.1 (ThreadingHTTPServer in a daemon thread).
-- `simulated_transport`: an in-process httpx2/httpx transport, no sockets.
+- `simulated_transport` / `SimulatedTransport`: in-process, no sockets; serves httpx2 and httpx.
 - `python -m aigateway.llm.simulated --port 8100 [--faults JSON]`.
 
 Fault plan (POST /_sim/faults, env SIM_FAULTS, or the constructor), any subset of:
@@ -18,13 +18,15 @@ Fault plan (POST /_sim/faults, env SIM_FAULTS, or the constructor), any subset o
      "seed": 7, "latency_ms": 50,                            # base latency on every chat request
      "retry_after_s": 1, "hang_s": 30}                        # 429 retry-after; "timeout" hold
 Kinds: 429, 500, 503, timeout, reset, malformed, schema_invalid, latency=NNN, ok.
+Exact answers for tests: `queue_response(status, body, headers)` or POST /_sim/responses
+{"status": 200, "body": {...}, "headers": {...}}; each is used once, before the script.
+Counters: GET /_sim/stats (DELETE resets them); DELETE /_sim/faults clears plan and queue.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -222,6 +224,7 @@ class SimulatedProvider:
         self._lock = threading.Lock()
         self._plan = FaultPlan()
         self._script: list[str] = []
+        self._canned: list[SimResponse] = []
         self._rng = random.Random(0)
         self._stats = _Stats()
         self.set_faults(faults if faults is not None else FaultPlan())
@@ -239,12 +242,26 @@ class SimulatedProvider:
         return plan
 
     def reset_faults(self) -> None:
+        """Back to no faults; queued canned responses are dropped too."""
         self.set_faults(FaultPlan())
+        with self._lock:
+            self._canned.clear()
 
     @property
     def faults(self) -> FaultPlan:
         with self._lock:
             return self._plan
+
+    def queue_response(self, status: int, body: object, headers: Mapping[str, str] | None = None) -> None:
+        """Answer the next chat request with exactly this (queued answers go before the script).
+
+        For tests that need a precise provider answer, e.g. usage with cached tokens. `body` is
+        JSON-encoded unless it is bytes; `x-simulated: true` is always added.
+        """
+        raw = body if isinstance(body, bytes) else _json_bytes(body)
+        merged = {**self._headers(), **{k.lower(): v for k, v in (headers or {}).items()}}
+        with self._lock:
+            self._canned.append(SimResponse(status, merged, raw, fault="canned"))
 
     def remaining_script(self) -> list[str]:
         with self._lock:
@@ -324,8 +341,8 @@ class SimulatedProvider:
         except _ApiError as err:
             return self._record(self._error(err))
         except Exception as exc:  # noqa: BLE001 - a simulator bug must still answer like a server
-            err = _ApiError(500, f"The simulated provider failed: {type(exc).__name__}: {exc}", type_="server_error")
-            return self._record(self._error(err))
+            bug = _ApiError(500, f"The simulated provider failed: {type(exc).__name__}: {exc}", type_="server_error")
+            return self._record(self._error(bug))
 
     def _control(self, method: str, route: str, body: bytes) -> SimResponse:
         try:
@@ -342,6 +359,20 @@ class SimulatedProvider:
                 if method == "DELETE":
                     self.reset_faults()
                     return self._ok({"faults": self.faults.to_json()})
+            elif route == "/_sim/responses" and method == "POST":
+                try:
+                    data = json.loads(body or b"{}")
+                    if not isinstance(data, dict) or not isinstance(data.get("status", 200), int):
+                        raise ValueError("expected {'status': int, 'body': any, 'headers': {str: str}}")
+                    headers = data.get("headers") or {}
+                    if not isinstance(headers, dict):
+                        raise ValueError("'headers' must be an object")
+                    self.queue_response(
+                        int(data.get("status", 200)), data.get("body"), {str(k): str(v) for k, v in headers.items()}
+                    )
+                except ValueError as exc:
+                    raise _ApiError(400, f"invalid canned response: {exc}", code="invalid_canned_response") from None
+                return self._ok({"queued": True})
             elif route == "/_sim/stats":
                 if method == "GET":
                     return self._ok(self.stats())
@@ -372,6 +403,11 @@ class SimulatedProvider:
     # -- chat completions ---------------------------------------------------------------------
 
     def _chat(self, raw: bytes) -> SimResponse:
+        with self._lock:
+            canned = self._canned.pop(0) if self._canned else None
+        if canned is not None:
+            canned.headers["x-request-id"] = f"req_sim_{uuid.uuid4().hex}"
+            return canned
         fault, delay, plan = self._next_fault()
         response = self._chat_answer(raw, fault, plan)
         response.delay_s += delay
@@ -1292,39 +1328,26 @@ class SimulatedProviderServer:
 # ---------------------------------------------------------------------------------------------
 
 
-@overload
-def simulated_transport(
-    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx2"] = "httpx2"
-) -> httpx2.BaseTransport: ...
+class SimulatedTransport:
+    """An in-process HTTP transport (no sockets) answering with a SimulatedProvider.
 
+    It works inside an `httpx2.Client` (what openai>=3 is built on) and inside a legacy
+    `httpx.Client` alike: each answer and each error is built from the module of the request it
+    receives, and neither library is imported here.
 
-@overload
-def simulated_transport(
-    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx"]
-) -> httpx.BaseTransport: ...
-
-
-def simulated_transport(
-    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx2", "httpx"] = "httpx2"
-) -> httpx2.BaseTransport | httpx.BaseTransport:
-    """An in-process transport (no sockets) answering with `provider`.
-
-    openai>=3 is built on httpx2 and accepts an `httpx2.Client` (or a legacy `httpx.Client` if
-    the `httpx` package is installed; the Lambda deps layer does not ship it):
-
-        client = openai.OpenAI(api_key="sim", base_url="http://simulated.invalid/v1",
-                               http_client=httpx2.Client(transport=simulated_transport(provider)))
-
-    Delays are slept in the calling thread; a "timeout" fault longer than the request's read
-    timeout raises the library's ReadTimeout after that timeout, "reset" raises
-    RemoteProtocolError, like a real connection would.
+    Delays are slept in the calling thread. A "timeout" fault longer than the request's read
+    timeout sleeps that timeout and raises the library's ReadTimeout (the SDK raises
+    APITimeoutError); "reset" raises RemoteProtocolError (the SDK raises APIConnectionError).
     """
-    sim = provider if provider is not None else SimulatedProvider()
-    module: Any = importlib.import_module(flavor)
 
-    def handler(request: Any) -> Any:
+    def __init__(self, provider: SimulatedProvider | None = None) -> None:
+        self.provider = provider if provider is not None else SimulatedProvider()
+
+    def handle_request(self, request: Any) -> Any:
+        module: Any = sys.modules[type(request).__module__.split(".", 1)[0]]  # httpx2 or httpx
+        body = request.read()
         path = request.url.raw_path.decode("ascii")
-        response = sim.handle(request.method, path, dict(request.headers), request.content)
+        response = self.provider.handle(request.method, path, dict(request.headers), body)
         if response.delay_s > 0:
             timeouts = request.extensions.get("timeout") or {}
             read_timeout = timeouts.get("read")
@@ -1338,7 +1361,42 @@ def simulated_transport(
             )
         return module.Response(response.status, headers=response.headers, content=response.body, request=request)
 
-    return cast("httpx2.BaseTransport | httpx.BaseTransport", module.MockTransport(handler))
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> SimulatedTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@overload
+def simulated_transport(
+    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx"] = "httpx"
+) -> httpx.BaseTransport: ...
+
+
+@overload
+def simulated_transport(
+    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx2"]
+) -> httpx2.BaseTransport: ...
+
+
+def simulated_transport(
+    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx", "httpx2"] = "httpx"
+) -> httpx.BaseTransport | httpx2.BaseTransport:
+    """A transport for `httpx2.Client(transport=...)` or `httpx.Client(transport=...)`.
+
+    `flavor` only chooses the static type for the type checker; at runtime the same object
+    serves both libraries. openai>=3 depends on httpx2 only (the Lambda deps layer ships no
+    `httpx`), so in Lambda code prefer:
+
+        http_client = httpx2.Client(transport=simulated_transport(provider, flavor="httpx2"))
+        client = openai.OpenAI(api_key="sim", base_url="http://simulated.invalid/v1", http_client=http_client)
+    """
+    del flavor  # typing only
+    return cast("httpx.BaseTransport | httpx2.BaseTransport", SimulatedTransport(provider))
 
 
 # ---------------------------------------------------------------------------------------------
