@@ -1,6 +1,6 @@
 """One Lambda per entry of `routes.FUNCTIONS`, sharing the deps and shared layers.
 
-Each function's role is granted exactly what its `grants` tags say (see `_GRANTS`), plus what
+Each function's role is granted exactly what its `grants` tags say (see `Functions._grants`), plus what
 Lambda itself needs (logs, X-Ray) and, for the jobs consumer, its SQS event source.
 """
 
@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_dynamodb as dynamodb
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
@@ -59,7 +58,7 @@ class Functions(Construct):
             code=lambda_.Code.from_asset(str(layers.build_deps_layer())),
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[ARCHITECTURE],
-            description="Pinned third-party packages (layers/deps/requirements.txt), arm64 cp311",
+            description=f"Pinned third-party packages (layers/deps/requirements.txt), arm64 {RUNTIME.name}",
         )
         self.shared_layer = lambda_.LayerVersion(
             self,
@@ -176,9 +175,9 @@ class Functions(Construct):
             "state:read": lambda fn: self._table(fn, d.state_table, _READ, write=False),
             "state:readwrite": lambda fn: self._table(fn, d.state_table, _READ + _WRITE + _DELETE),
             "secret:read": lambda fn: d.openai_secret.grant_read(fn),
-            "jobs:send": lambda fn: d.jobs_queue.grant_send_messages(fn),
-            "alerts:publish": lambda fn: d.alerts_topic.grant_publish(fn),
-            "exports:write": lambda fn: d.exports_bucket.grant_put(fn),
+            # A new tag (jobs:send, alerts:publish, exports:write ...) is added here, with a test
+            # in tests/infra/test_stack.py and no unexplained cdk-nag finding (CDK's queue, topic
+            # and bucket grants use action wildcards such as kms:GenerateDataKey*).
         }
 
     def _table(
@@ -203,11 +202,6 @@ class Functions(Construct):
                 fn = self.by_name[spec.name]
                 fn.add_environment("WORKFLOW_ARN", state_machine.state_machine_arn)
                 state_machine.grant_start_execution(fn)
-
-    def role_of(self, name: str) -> iam.IRole:
-        role = self.by_name[name].role
-        assert role is not None
-        return role
 
 
 def _cfn(table: dynamodb.Table) -> dynamodb.CfnTable:

@@ -502,3 +502,37 @@ def test_no_custom_resources_and_no_hard_coded_names(resources: Resources) -> No
     for lid, res in resources.items():
         prop = named.get(res["Type"])
         assert prop is None or prop not in res.get("Properties", {}), f"{lid} hard-codes {prop}"
+
+
+# --- layers and staged code --------------------------------------------------------------------
+
+
+def test_layers_and_functions_are_staged_for_lambda(synth: Any) -> None:
+    # Given the builds conftest ran / Then the asset directories have Lambda's /opt and /var/task shapes.
+    from infra import layers
+
+    deps, shared = layers.build_deps_layer(), layers.build_shared_layer()
+    site = deps / "python"
+    assert (site / "pydantic_core").is_dir() and (site / "openai").is_dir()
+    native = list((site / "pydantic_core").glob("_pydantic_core.*.so"))
+    assert native and all(f"cpython-{LAMBDA_PYTHON.replace('.', '')}-aarch64" in p.name for p in native)
+    assert not (site / "botocore").exists(), "the runtime's boto3/botocore pair must not be shadowed"
+    assert (shared / "python" / "aigateway" / "settings.py").is_file()
+    assert (shared / "prompts").is_dir()
+    for spec in routes.FUNCTIONS:
+        assert (layers.stage_function(spec.name) / spec.name / "handler.py").is_file()
+
+
+def test_shipped_bytecode_is_hash_based_for_the_lambda_python(synth: Any) -> None:
+    # Timestamp pycs would be stale on Lambda (zips carry fixed mtimes, /opt is read-only).
+    from infra import layers
+
+    if layers.bytecode_python() is None:
+        pytest.skip(f"no local CPython {LAMBDA_PYTHON} to compile with: layers ship source only")
+    tag = f"cpython-{LAMBDA_PYTHON.replace('.', '')}"
+    pycs = list((layers.build_shared_layer() / "python" / "aigateway").rglob(f"*.{tag}.pyc"))
+    assert pycs
+    for pyc in pycs:
+        header = pyc.read_bytes()[:8]
+        flags = int.from_bytes(header[4:8], "little")
+        assert flags == 0b01, f"{pyc}: not an unchecked-hash pyc (flags={flags})"

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -60,12 +61,33 @@ def _count(operation: str, *, new_phase: bool) -> None:
             stats.phases += 1
 
 
+def _to_dynamo(value: Any) -> Any:
+    """DynamoDB numbers are decimals: floats go in through their shortest exact text."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
 def serialize(item: Item) -> dict[str, Any]:
-    return {k: _serializer.serialize(v) for k, v in item.items() if v is not None}
+    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in item.items() if v is not None}
 
 
 def deserialize(raw: dict[str, Any]) -> Item:
-    return {k: _deserializer.deserialize(v) for k, v in raw.items()}
+    return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in raw.items()}
 
 
 class Dynamo:
