@@ -37,7 +37,9 @@ def simulator(sim_server: SimulatedProviderServer) -> SimulatedProvider:
 
 
 @pytest.fixture
-def stack(template_path: Any, sim_server: SimulatedProviderServer, simulator: SimulatedProvider) -> Iterator[LocalStack]:
+def stack(
+    template_path: Any, sim_server: SimulatedProviderServer, simulator: SimulatedProvider
+) -> Iterator[LocalStack]:
     overrides = {"SIMULATOR_URL": sim_server.base_url, "PROVIDER": "simulated"}
     with LocalStack(template_path, env_overrides=overrides) as local:
         yield local
@@ -57,7 +59,16 @@ class Client:
         self.gateway = gateway
         self.api_key = api_key
 
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, key: str | None = "default", headers: dict[str, str] | None = None) -> Reply:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        key: str | None = "default",
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
         sent = {"content-type": "application/json", **(headers or {})}
         api_key = self.api_key if key == "default" else key
         if api_key is not None:

@@ -27,7 +27,11 @@ def check_health() -> dict[str, Any]:
             status = db.describe(name)["TableStatus"]
         except Exception as exc:  # noqa: BLE001 - any failure is a finding, not a crash
             return {"ok": False, "error": type(exc).__name__}
-        return {"ok": status == "ACTIVE", "status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+        return {
+            "ok": status == "ACTIVE",
+            "status": status,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
 
     results = db.parallel(*[(lambda n=n: table_status(n)) for n in tables.values()])
     dependencies: dict[str, Any] = {f"dynamodb.{k}": r for k, r in zip(tables, results, strict=True)}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from aws_lambda_powertools.event_handler.openapi.params import Body
+
 from aigateway import deps
 from aigateway.api import create_app, entrypoint, request_info, require_principal
 from aigateway.completion import CallContext
 from aigateway.generation import FEATURE, GenerateRequest, GenerateResponse, generate
-from aws_lambda_powertools.event_handler.openapi.params import Body
 
 app = create_app()
 

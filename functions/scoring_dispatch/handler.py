@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from aigateway import jobs
-from aigateway.observability import logger
-from aigateway.settings import get_settings
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from aigateway import jobs
+from aigateway.observability import logger
+from aigateway.settings import get_settings
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
@@ -31,5 +32,5 @@ def start_job(record: SQSRecord) -> None:
 
 
 @logger().inject_lambda_context(clear_state=True)
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=start_job, processor=processor, context=context)

@@ -34,7 +34,11 @@ def serve(port: int) -> None:
     demo = seed_demo_tenant(os.environ.get("DEMO_API_KEY") or None)
     server = LocalHttpServer(LocalApiGateway(stack), port=port)
     url = server.start()
-    provider = f"simulated ({overrides['SIMULATOR_URL']})" if simulator else f"OpenAI-compatible ({os.environ.get('OPENAI_BASE_URL') or 'api.openai.com'})"
+    provider = (
+        f"simulated ({overrides['SIMULATOR_URL']})"
+        if simulator
+        else f"OpenAI-compatible ({os.environ.get('OPENAI_BASE_URL') or 'api.openai.com'})"
+    )
     print(_banner(url, demo.api_key, provider), flush=True)
 
     done = threading.Event()
@@ -51,7 +55,11 @@ def serve(port: int) -> None:
 
 
 def _banner(url: str, key: str, provider: str) -> str:
-    body = '{"template":"skill_assessment","variables":{"skill":"SQL","question":"What does a LEFT JOIN return?","answer":"All rows from the left table and matching rows from the right, with NULLs where nothing matches."}}'
+    body = (
+        '{"template":"skill_assessment","variables":{"skill":"SQL",'
+        '"question":"What does a LEFT JOIN return?",'
+        '"answer":"All rows from the left table and matching rows from the right, with NULLs where nothing matches."}}'
+    )
     return f"""
 Serverless AI Gateway is running on the embedded runtime at {url}
   model provider : {provider}

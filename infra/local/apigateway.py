@@ -50,7 +50,9 @@ class LocalApiGateway:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="integration")
 
-    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str = "127.0.0.1") -> HttpResponse:
+    def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str = "127.0.0.1"
+    ) -> HttpResponse:
         prepared = self.prepare(method, target, headers, body, source_ip)
         if isinstance(prepared, HttpResponse):
             return prepared
@@ -100,10 +102,11 @@ class LocalApiGateway:
             cached = self._auth_cache.get(identity)
             if cached and cached[0] > now:
                 return cached[1]
+        route = event["routeKey"].replace(" ", "")
         authorizer_event = {
             "version": "2.0",
             "type": "REQUEST",
-            "routeArn": f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/$default/{event['routeKey'].replace(' ', '')}",
+            "routeArn": f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/$default/{route}",
             "identitySource": [identity],
             "routeKey": event["routeKey"],
             "rawPath": event["rawPath"],
@@ -120,8 +123,15 @@ class LocalApiGateway:
         return dict(result)
 
     def _event(
-        self, route: Route, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-        path_params: dict[str, str], source_ip: str,
+        self,
+        route: Route,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        path_params: dict[str, str],
+        source_ip: str,
     ) -> dict[str, Any]:
         now = datetime.now(UTC)
         try:

@@ -79,7 +79,7 @@ class Provisioner:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (key, arg), = value.items()
+            ((key, arg),) = value.items()
             if key == "Ref":
                 return self._ref(arg)
             if key == "Fn::GetAtt":
@@ -97,7 +97,10 @@ class Provisioner:
             if key == "Fn::Sub":
                 text = arg if isinstance(arg, str) else arg[0]
                 for name in _sub_names(text):
-                    text = text.replace("${" + name + "}", str(self._ref(name) if "." not in name else self._get_att(*name.split(".", 1))))
+                    text = text.replace(
+                        "${" + name + "}",
+                        str(self._ref(name) if "." not in name else self._get_att(*name.split(".", 1))),
+                    )
                 return text
         return {k: self.resolve(v) for k, v in value.items()}
 
@@ -207,8 +210,13 @@ class Provisioner:
             return
         env = self.resolve(props.get("Environment", {}).get("Variables", {}))
         self.out.functions[name] = LocalFunction(
-            logical_id, name, physical, arn, {k: str(v) for k, v in env.items()},
-            int(props.get("Timeout", 3)), int(props.get("MemorySize", 128)),
+            logical_id,
+            name,
+            physical,
+            arn,
+            {k: str(v) for k, v in env.items()},
+            int(props.get("Timeout", 3)),
+            int(props.get("MemorySize", 128)),
         )
 
     def _create_lambda_eventsourcemapping(self, logical_id: str, props: dict[str, Any], _: dict[str, Any]) -> None:
@@ -229,7 +237,9 @@ class Provisioner:
         )
         self.out.physical[logical_id] = f"local-{logical_id}"
 
-    def _create_stepfunctions_statemachine(self, logical_id: str, props: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def _create_stepfunctions_statemachine(
+        self, logical_id: str, props: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
         definition = self.resolve(props.get("DefinitionString"))
         if not isinstance(definition, str):
             definition = json.dumps(definition)

@@ -116,13 +116,15 @@ class LocalStack:
 
         for key, value in {
             "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's fake credentials
+            "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": REGION,
             "AWS_REGION": REGION,
         }.items():
             self._set_env(key, value)
-        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+        self._mock = mock_aws(
+            config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+        )
         self._mock.start()
         template = json.loads(self.template_path.read_text())
         self.resources = Provisioner(template).run()
@@ -202,7 +204,9 @@ class LocalStack:
     def invoke(self, name: str, event: dict[str, Any]) -> Any:
         """Calls a function's handler the way Lambda would; raises FunctionError if it raises."""
         fn = self.function(name)
-        context = LambdaContext(fn.physical_name, fn.memory_mb, fn.arn, str(uuid.uuid4()), fn.timeout_s, time.monotonic())
+        context = LambdaContext(
+            fn.physical_name, fn.memory_mb, fn.arn, str(uuid.uuid4()), fn.timeout_s, time.monotonic()
+        )
         with self._lock:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         try:
@@ -216,7 +220,9 @@ class LocalStack:
 
         stack = self
 
-        def invoke(backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any) -> bytes:
+        def invoke(
+            backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any
+        ) -> bytes:
             assert stack.resources is not None
             target = stack.resources.function_by_arn_or_name(function_name)
             if target is None:
@@ -260,14 +266,20 @@ class LocalStack:
         event = {"Records": [_sqs_record(m, source.queue_arn) for m in messages]}
         try:
             response = self.invoke(source.function, event) or {}
-            failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])} if source.report_failures else set()
+            failed = (
+                {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+                if source.report_failures
+                else set()
+            )
         except FunctionError:
             traceback.print_exc()
             failed = {m["MessageId"] for m in messages}
         for message in messages:
             if message["MessageId"] in failed:
                 sqs.change_message_visibility(
-                    QueueUrl=source.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=self.redelivery_delay_s
+                    QueueUrl=source.queue_url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=self.redelivery_delay_s,
                 )
             else:
                 sqs.delete_message(QueueUrl=source.queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -18,7 +18,9 @@ class DemoTenant:
     api_key: str
 
 
-def seed_demo_tenant(api_key: str | None = None, *, tenant_id: str = DEMO_TENANT, user_id: str = "demo-admin", role: str = "admin") -> DemoTenant:
+def seed_demo_tenant(
+    api_key: str | None = None, *, tenant_id: str = DEMO_TENANT, user_id: str = "demo-admin", role: str = "admin"
+) -> DemoTenant:
     now = datetime.now(UTC).isoformat()
     repos = deps.repos()
     repos.tenants.create(tenant_id, name=f"{tenant_id} tenant", created_at=now)

@@ -16,7 +16,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
-        response = self.gateway.handle(self.command, self.path, dict(self.headers.items()), body, self.client_address[0])
+        response = self.gateway.handle(
+            self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
+        )
         self.send_response(response.status)
         for key, value in response.headers.items():
             if key not in ("content-length", "connection", "transfer-encoding"):
@@ -25,9 +27,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(response.body)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815 - http.server's naming
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the handlers' structured logs say what happened; no access-log noise
 
 

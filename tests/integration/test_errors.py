@@ -37,16 +37,36 @@ def test_wrong_key_gets_401_with_error_body(client: Client, simulator: Any, key:
 
 
 def test_non_bearer_scheme_is_unauthorized(client: Client) -> None:
-    reply = client.request("POST", "/v1/generate", SKILL, key=None, headers={"authorization": f"Basic {client.api_key}"})
+    reply = client.request(
+        "POST", "/v1/generate", SKILL, key=None, headers={"authorization": f"Basic {client.api_key}"}
+    )
     assert_error(reply, 401, "unauthorized")
 
 
 CASES = [
     ("unknown template", {**SKILL, "template": "no_such_template"}, 404, "unknown_template", "template"),
     ("unknown version", {**SKILL, "version": 99}, 404, "unknown_template", "version"),
-    ("missing variable", {**SKILL, "variables": {"skill": "SQL", "question": "q?"}}, 422, "validation_error", "variables.answer"),
-    ("extra variable", {**SKILL, "variables": {**SKILL["variables"], "surprise": 1}}, 422, "validation_error", "variables.surprise"),
-    ("wrong variable type", {**SKILL, "variables": {**SKILL["variables"], "skill": ["SQL"]}}, 422, "validation_error", "variables.skill"),
+    (
+        "missing variable",
+        {**SKILL, "variables": {"skill": "SQL", "question": "q?"}},
+        422,
+        "validation_error",
+        "variables.answer",
+    ),
+    (
+        "extra variable",
+        {**SKILL, "variables": {**SKILL["variables"], "surprise": 1}},
+        422,
+        "validation_error",
+        "variables.surprise",
+    ),
+    (
+        "wrong variable type",
+        {**SKILL, "variables": {**SKILL["variables"], "skill": ["SQL"]}},
+        422,
+        "validation_error",
+        "variables.skill",
+    ),
     ("unknown top-level field", {**SKILL, "temperature": 2}, 422, "validation_error", "temperature"),
     ("template missing", {"variables": {}}, 422, "validation_error", "template"),
     ("max_tokens too small", {**SKILL, "max_tokens": 1}, 422, "validation_error", "max_tokens"),
@@ -56,7 +76,14 @@ CASES = [
 
 @pytest.mark.parametrize(("case", "body", "status", "code", "field"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_a_clear_4xx_and_writes_nothing(
-    client: Client, stack: LocalStack, simulator: Any, case: str, body: dict[str, Any], status: int, code: str, field: str
+    client: Client,
+    stack: LocalStack,
+    simulator: Any,
+    case: str,
+    body: dict[str, Any],
+    status: int,
+    code: str,
+    field: str,
 ) -> None:
     reply = client.post("/v1/generate", body)
     assert_error(reply, status, code, field)

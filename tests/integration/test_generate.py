@@ -22,15 +22,16 @@ SKILL = {
 
 def ledger_rows(stack: LocalStack, tenant: str = "demo") -> list[dict[str, Any]]:
     from aigateway import deps
-    from aigateway.ids import id_time_ms  # noqa: F401 - month comes from the row itself
 
     table = deps.get_settings().ledger_table
     items = deps.dynamo().client.scan(TableName=table)["Items"]
-    rows = [{k: list(v.values())[0] for k, v in item.items()} for item in items]
+    rows = [{k: next(iter(v.values())) for k, v in item.items()} for item in items]
     return [r for r in rows if r["tenant_id"] == tenant]
 
 
-def test_generate_returns_schema_valid_output_and_bills_the_call(client: Client, stack: LocalStack, simulator: Any) -> None:
+def test_generate_returns_schema_valid_output_and_bills_the_call(
+    client: Client, stack: LocalStack, simulator: Any
+) -> None:
     # Given the demo tenant and the simulated provider
     # When it generates a skill assessment
     reply = client.post("/v1/generate", SKILL)
@@ -52,7 +53,9 @@ def test_generate_returns_schema_valid_output_and_bills_the_call(client: Client,
     assert row["user_id"] == "demo-admin" and row["request_id"] == body["request_id"]
 
 
-def test_identical_second_call_is_a_cache_hit_that_costs_nothing(client: Client, stack: LocalStack, simulator: Any) -> None:
+def test_identical_second_call_is_a_cache_hit_that_costs_nothing(
+    client: Client, stack: LocalStack, simulator: Any
+) -> None:
     # Given a first call that went to the provider
     first = client.post("/v1/generate", SKILL).body
     # When the same request comes again
@@ -96,7 +99,10 @@ def test_dynamodb_round_trips_per_request(client: Client, stack: LocalStack) -> 
     # When a miss and then a hit are served
     miss_calls, miss_phases, miss = invoke()
     hit_calls, hit_phases, hit = invoke()
-    print(f"DynamoDB per request: miss {miss_calls} calls / {miss_phases} phases; hit {hit_calls} calls / {hit_phases} phases")
+    print(
+        f"DynamoDB per request: miss {miss_calls} calls / {miss_phases} phases; "
+        f"hit {hit_calls} calls / {hit_phases} phases"
+    )
     # Then the round-trip budget of DESIGN §5 holds
     assert miss["cached"] is False and hit["cached"] is True
     assert miss_phases <= 3 and hit_phases <= 2

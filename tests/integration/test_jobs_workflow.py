@@ -40,7 +40,9 @@ def run_task_max_attempts(stack: LocalStack, error: str) -> int:
     """MaxAttempts of the Run state's retrier for `error`, read from the deployed definition."""
     assert stack.resources is not None
     definition = json.loads(
-        boto3.client("stepfunctions").describe_state_machine(stateMachineArn=stack.resources.state_machines["jobs"])["definition"]
+        boto3.client("stepfunctions").describe_state_machine(stateMachineArn=stack.resources.state_machines["jobs"])[
+            "definition"
+        ]
     )
     for retrier in definition["States"]["Run"]["Retry"]:
         if error in retrier["ErrorEquals"]:
@@ -48,9 +50,13 @@ def run_task_max_attempts(stack: LocalStack, error: str) -> int:
     raise AssertionError(f"no retrier for {error}")
 
 
-def test_a_queued_job_runs_through_the_workflow_and_persists_its_result(stack: LocalStack, demo: Any, simulator: Any) -> None:
+def test_a_queued_job_runs_through_the_workflow_and_persists_its_result(
+    stack: LocalStack, demo: Any, simulator: Any
+) -> None:
     # Given a generate job on the Jobs queue
-    job_id = jobs.enqueue(deps.repos().jobs, deps.get_settings().jobs_queue_url or "", principal=PRINCIPAL, kind="generate", request=SKILL)
+    job_id = jobs.enqueue(
+        deps.repos().jobs, deps.get_settings().jobs_queue_url or "", principal=PRINCIPAL, kind="generate", request=SKILL
+    )
     # When the poller delivers it and the state machine runs
     item = wait_for(job_id, {"succeeded", "failed"})
     # Then the job succeeded with the template's output, under an execution named by the job id
@@ -63,7 +69,9 @@ def test_a_queued_job_runs_through_the_workflow_and_persists_its_result(stack: L
 def test_redelivered_message_does_not_start_the_job_twice(stack: LocalStack, demo: Any, simulator: Any) -> None:
     # Given one job message delivered three times (at-least-once delivery)
     message = jobs.JobMessage(job_id="01JOBREDELIVERY000000000000", kind="generate", principal=PRINCIPAL, request=SKILL)
-    deps.repos().jobs.create(message.job_id, tenant_id="demo", created_at="2026-11-22T00:00:00+00:00", attributes={"kind": "generate"})
+    deps.repos().jobs.create(
+        message.job_id, tenant_id="demo", created_at="2026-11-22T00:00:00+00:00", attributes={"kind": "generate"}
+    )
     queue = deps.get_settings().jobs_queue_url
     sqs = boto3.client("sqs")
     for _ in range(3):
@@ -71,7 +79,15 @@ def test_redelivered_message_does_not_start_the_job_twice(stack: LocalStack, dem
     # When all three are consumed
     wait_for(message.job_id, {"succeeded", "failed"})
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and int(sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]["ApproximateNumberOfMessages"]) > 0:
+    while (
+        time.monotonic() < deadline
+        and int(
+            sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"][
+                "ApproximateNumberOfMessages"
+            ]
+        )
+        > 0
+    ):
         time.sleep(0.2)
     time.sleep(1)
     # Then exactly one execution ran and the provider was called once
@@ -80,22 +96,30 @@ def test_redelivered_message_does_not_start_the_job_twice(stack: LocalStack, dem
     assert len(started) == 1 and simulator.stats()["requests"] == 1
 
 
-def test_rate_limited_task_is_retried_by_the_state_machine_then_succeeds(stack: LocalStack, demo: Any, simulator: Any) -> None:
+def test_rate_limited_task_is_retried_by_the_state_machine_then_succeeds(
+    stack: LocalStack, demo: Any, simulator: Any
+) -> None:
     # Given a provider that rate-limits the first call
     simulator.set_faults({"script": ["429"]})
     # When a job runs
-    job_id = jobs.enqueue(deps.repos().jobs, deps.get_settings().jobs_queue_url or "", principal=PRINCIPAL, kind="generate", request=SKILL)
+    job_id = jobs.enqueue(
+        deps.repos().jobs, deps.get_settings().jobs_queue_url or "", principal=PRINCIPAL, kind="generate", request=SKILL
+    )
     item = wait_for(job_id, {"succeeded", "failed"})
     # Then the Retry on ProviderRateLimited ran the task again and the job succeeded
     print(f"provider calls: {simulator.stats()['requests']} (1 rate-limited, 1 ok)")
     assert item["status"] == "succeeded" and simulator.stats()["requests"] == 2
 
 
-def test_exhausted_retries_take_the_catch_path_and_record_the_failure(stack: LocalStack, demo: Any, simulator: Any) -> None:
+def test_exhausted_retries_take_the_catch_path_and_record_the_failure(
+    stack: LocalStack, demo: Any, simulator: Any
+) -> None:
     # Given a provider that fails every call with a server error
     simulator.set_faults({"script": ["500"] * 10})
     # When a job runs
-    job_id = jobs.enqueue(deps.repos().jobs, deps.get_settings().jobs_queue_url or "", principal=PRINCIPAL, kind="generate", request=SKILL)
+    job_id = jobs.enqueue(
+        deps.repos().jobs, deps.get_settings().jobs_queue_url or "", principal=PRINCIPAL, kind="generate", request=SKILL
+    )
     item = wait_for(job_id, {"succeeded", "failed"}, timeout_s=90)
     # Then it ran once plus MaxAttempts retries (Step Functions counts retries, not tries),
     # and the Catch recorded the failure
@@ -111,10 +135,17 @@ def test_poison_message_is_reported_alone_and_reaches_the_dlq(stack: LocalStack,
     # Given a batch with one unreadable message and one good one
     queue = deps.get_settings().jobs_queue_url
     good = jobs.JobMessage(job_id="01JOBGOOD0000000000000000000", kind="generate", principal=PRINCIPAL, request=SKILL)
-    deps.repos().jobs.create(good.job_id, tenant_id="demo", created_at="2026-11-22T00:00:00+00:00", attributes={"kind": "generate"})
+    deps.repos().jobs.create(
+        good.job_id, tenant_id="demo", created_at="2026-11-22T00:00:00+00:00", attributes={"kind": "generate"}
+    )
     records = [
-        _sqs_record({"MessageId": "bad", "ReceiptHandle": "r1", "Body": "{not json"}, "arn:aws:sqs:us-east-1:123456789012:q"),
-        _sqs_record({"MessageId": "good", "ReceiptHandle": "r2", "Body": good.model_dump_json()}, "arn:aws:sqs:us-east-1:123456789012:q"),
+        _sqs_record(
+            {"MessageId": "bad", "ReceiptHandle": "r1", "Body": "{not json"}, "arn:aws:sqs:us-east-1:123456789012:q"
+        ),
+        _sqs_record(
+            {"MessageId": "good", "ReceiptHandle": "r2", "Body": good.model_dump_json()},
+            "arn:aws:sqs:us-east-1:123456789012:q",
+        ),
     ]
     # When the dispatcher gets the batch
     response = stack.invoke("scoring_dispatch", {"Records": records})

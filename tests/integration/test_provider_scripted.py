@@ -48,8 +48,6 @@ def provider(sim_server: Any) -> Any:
         yield mock.post(f"{sim_server.base_url}/chat/completions")
 
 
-
-
 def test_cached_prompt_tokens_are_billed_at_the_cached_rate(client: Client, stack: LocalStack, provider: Any) -> None:
     # Given a provider answer with 1,024 of 1,500 prompt tokens served from its prompt cache
     provider.mock(return_value=httpx.Response(200, json=completion(json.dumps(VALID_OUTPUT), cached=1024)))
@@ -60,11 +58,18 @@ def test_cached_prompt_tokens_are_billed_at_the_cached_rate(client: Client, stac
         pytest.fail(f"unexpected {reply.status}: {reply.body}")
     from datetime import UTC, datetime
 
-    expected = cost_micros(price_for("gpt-4o-mini", datetime.now(UTC)), input_tokens=1500, cached_tokens=1024, output_tokens=120)
+    expected = cost_micros(
+        price_for("gpt-4o-mini", datetime.now(UTC)), input_tokens=1500, cached_tokens=1024, output_tokens=120
+    )
     # 476 × 0.15 + 1024 × 0.075 + 120 × 0.60 µUSD = 71.4 + 76.8 + 72 = 220.2 → 221 (rounded up once)
     assert expected == 221
     assert reply.body["cost_micros"] == expected
-    assert reply.body["usage"] == {"input_tokens": 1500, "cached_input_tokens": 1024, "output_tokens": 120, "total_tokens": 1620}
+    assert reply.body["usage"] == {
+        "input_tokens": 1500,
+        "cached_input_tokens": 1024,
+        "output_tokens": 120,
+        "total_tokens": 1620,
+    }
     assert int(ledger_rows(stack)[0]["cached_tokens"]) == 1024
 
 
@@ -72,7 +77,11 @@ def test_cached_prompt_tokens_are_billed_at_the_cached_rate(client: Client, stac
     ("response", "status", "code"),
     [
         (httpx.Response(500, json={"error": {"message": "boom", "type": "server_error"}}), 502, "provider_error"),
-        (httpx.Response(429, json={"error": {"message": "slow down", "type": "rate_limit_exceeded"}}), 503, "provider_rate_limited"),
+        (
+            httpx.Response(429, json={"error": {"message": "slow down", "type": "rate_limit_exceeded"}}),
+            503,
+            "provider_rate_limited",
+        ),
         (httpx.ReadTimeout("hang"), 504, "provider_timeout"),
         (httpx.RemoteProtocolError("reset"), 502, "provider_error"),
         (httpx.Response(200, text="<html>not json</html>"), 502, "provider_error"),

@@ -82,7 +82,9 @@ def create_app() -> APIGatewayHttpResolver:
     def _unexpected(exc: Exception) -> Response:
         # A bug, not a request fault: full trace to the log, none to the client.
         logger().exception("unhandled error")
-        return error_response(GatewayError("internal error; quote the request_id to support"), request_info(app).request_id)
+        return error_response(
+            GatewayError("internal error; quote the request_id to support"), request_info(app).request_id
+        )
 
     @app.not_found
     def _not_found(_: Exception) -> Response:

@@ -44,18 +44,20 @@ def resolve_key(keys: ApiKeys, api_key: str) -> Principal | None:
     item = keys.get(hash_key(api_key))
     if item is None or item.get("status") != "active":
         return None
-    return Principal(
-        tenant_id=item["tenant_id"], user_id=item["user_id"], key_id=item["key_id"], role=item["role"]
-    )
+    return Principal(tenant_id=item["tenant_id"], user_id=item["user_id"], key_id=item["key_id"], role=item["role"])
 
 
-def issue_key(keys: ApiKeys, *, tenant_id: str, user_id: str, role: Role, created_at: str, api_key: str | None = None) -> tuple[str, str]:
+def issue_key(
+    keys: ApiKeys, *, tenant_id: str, user_id: str, role: Role, created_at: str, api_key: str | None = None
+) -> tuple[str, str]:
     """Creates a key (or registers a given one, for a fixed demo key); returns (key_id, plain key)."""
     if api_key is None:
         key_id, api_key = new_api_key()
     else:
         key_id = hash_key(api_key)[:12]
-    keys.create(hash_key(api_key), key_id=key_id, tenant_id=tenant_id, user_id=user_id, role=role, created_at=created_at)
+    keys.create(
+        hash_key(api_key), key_id=key_id, tenant_id=tenant_id, user_id=user_id, role=role, created_at=created_at
+    )
     return key_id, api_key
 
 

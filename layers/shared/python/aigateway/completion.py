@@ -151,7 +151,18 @@ class Completions:
             output = spec.validate(reply.content)
         except InvalidModelOutput as exc:
             # The provider answered (and charged us); the answer is unusable and is not cached.
-            self._record(ctx, spec.model, provider, "failure", usage, cost, price.effective_from.isoformat(), started, now, error=exc.code)
+            self._record(
+                ctx,
+                spec.model,
+                provider,
+                "failure",
+                usage,
+                cost,
+                price.effective_from.isoformat(),
+                started,
+                now,
+                error=exc.code,
+            )
             raise
         answer = CachedAnswer(
             content=reply.content,
@@ -163,10 +174,14 @@ class Completions:
             provider=provider,
             created_at=now.isoformat(),
         )
-        entry = self._entry(ctx, spec.model, provider, "success", usage, cost, price.effective_from.isoformat(), started, now)
+        entry = self._entry(
+            ctx, spec.model, provider, "success", usage, cost, price.effective_from.isoformat(), started, now
+        )
         self.db.parallel(
             lambda: self.ledger.record(entry),
-            lambda: self.cache.put(ctx.principal.tenant_id, digest, answer, now_epoch=int(now.timestamp()), ttl_seconds=spec.cache_ttl_s),
+            lambda: self.cache.put(
+                ctx.principal.tenant_id, digest, answer, now_epoch=int(now.timestamp()), ttl_seconds=spec.cache_ttl_s
+            ),
         )
         self._log(ctx, entry, reply)
         return CompletionResult(
@@ -182,10 +197,14 @@ class Completions:
             extra={"finish_reason": reply.finish_reason},
         )
 
-    def _serve_hit(self, ctx: CallContext, hit: CachedAnswer, spec: CompletionSpec, now: datetime, started: float) -> CompletionResult:
+    def _serve_hit(
+        self, ctx: CallContext, hit: CachedAnswer, spec: CompletionSpec, now: datetime, started: float
+    ) -> CompletionResult:
         output = spec.validate(hit.content)
         usage = Usage(hit.input_tokens, hit.cached_tokens, hit.output_tokens)
-        entry = self._entry(ctx, spec.model, hit.provider, "cache_hit", usage, 0, None, started, now, saved=hit.cost_micros)
+        entry = self._entry(
+            ctx, spec.model, hit.provider, "cache_hit", usage, 0, None, started, now, saved=hit.cost_micros
+        )
         self.ledger.record(entry)
         self._log(ctx, entry, None)
         return CompletionResult(
@@ -238,7 +257,20 @@ class Completions:
             created_at=now,
         )
 
-    def _record(self, ctx: CallContext, model: str, provider: str, outcome: Outcome, usage: Usage, cost: int, price_from: str | None, started: float, now: datetime, *, error: str) -> None:
+    def _record(
+        self,
+        ctx: CallContext,
+        model: str,
+        provider: str,
+        outcome: Outcome,
+        usage: Usage,
+        cost: int,
+        price_from: str | None,
+        started: float,
+        now: datetime,
+        *,
+        error: str,
+    ) -> None:
         entry = self._entry(ctx, model, provider, outcome, usage, cost, price_from, started, now, error=error)
         self.ledger.record(entry)
         self._log(ctx, entry, None)

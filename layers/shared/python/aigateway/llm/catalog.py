@@ -76,9 +76,7 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         known = ", ".join(sorted(PROFILES))
-        raise UnknownModel(
-            f"model profile {name!r} is unknown (known: {known})", field="model_profile"
-        ) from None
+        raise UnknownModel(f"model profile {name!r} is unknown (known: {known})", field="model_profile") from None
 
 
 def completion_params(model: ModelSpec, profile: Profile, max_tokens: int) -> dict[str, Any]:

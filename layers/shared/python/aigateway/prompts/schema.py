@@ -15,8 +15,21 @@ from aigateway.errors import TemplateError
 
 _SCALARS: dict[str, type] = {"string": str, "integer": int, "number": float, "boolean": bool}
 _ALLOWED_KEYS = {
-    "type", "description", "properties", "required", "additionalProperties", "items", "enum",
-    "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "default", "title",
+    "type",
+    "description",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "default",
+    "title",
 }
 
 
@@ -78,8 +91,12 @@ def _annotation(name: str, schema: dict[str, Any], forbid_extra: bool) -> Any:
 
 def _constraints(schema: dict[str, Any]) -> dict[str, Any]:
     mapping = {
-        "minimum": "ge", "maximum": "le", "minLength": "min_length", "maxLength": "max_length",
-        "minItems": "min_length", "maxItems": "max_length",
+        "minimum": "ge",
+        "maximum": "le",
+        "minLength": "min_length",
+        "maxLength": "max_length",
+        "minItems": "min_length",
+        "maxItems": "max_length",
     }
     return {mapping[k]: v for k, v in schema.items() if k in mapping}
 
@@ -96,6 +113,7 @@ def strict_output_schema(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     Strict mode requires every object to list all its properties as required and to forbid
     additional ones; we check rather than silently rewrite, so the template says what is sent.
     """
+
     def walk(path: str, node: dict[str, Any]) -> None:
         if node.get("type") == "object":
             props = node.get("properties", {})

@@ -94,7 +94,9 @@ class LedgerRows:
             return False
         return True
 
-    def month(self, tenant_id: str, month: str, *, limit: int | None = None, start_key: Item | None = None) -> tuple[list[Item], Item | None]:
+    def month(
+        self, tenant_id: str, month: str, *, limit: int | None = None, start_key: Item | None = None
+    ) -> tuple[list[Item], Item | None]:
         return self.db.query(
             self.table, "pk = :pk", {":pk": f"TENANT#{tenant_id}#{month}"}, limit=limit, start_key=start_key
         )
@@ -132,7 +134,9 @@ class Jobs:
             return False
         return True
 
-    def transition(self, job_id: str, *, to: str, allowed_from: tuple[str, ...], at: str, extra: Item | None = None) -> Item:
+    def transition(
+        self, job_id: str, *, to: str, allowed_from: tuple[str, ...], at: str, extra: Item | None = None
+    ) -> Item:
         """Moves a job between states; raises ConditionFailed if it is not in one of `allowed_from`."""
         names = {"#s": "status"}
         values: dict[str, Any] = {":to": to, ":at": at}
