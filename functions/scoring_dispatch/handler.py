@@ -6,7 +6,7 @@ rest of its batch is not redelivered; after the queue's receive count it lands i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
@@ -18,6 +18,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aigateway import jobs
 from aigateway.observability import logger
 from aigateway.settings import get_settings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
