@@ -43,7 +43,12 @@ def synthesize(force: bool = False) -> Path:
     if not force and TEMPLATE.exists() and stamp.exists() and stamp.read_text() == current:
         return TEMPLATE
     print("synthesizing the CDK stack (python app.py) …", file=sys.stderr, flush=True)
-    env = {**os.environ, "CDK_OUTDIR": str(BUILD / "cdk.out"), "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1"}
+    env = {
+        **os.environ,
+        "CDK_OUTDIR": str(BUILD / "cdk.out"),
+        "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1",
+        "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+    }
     subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, check=True)
     stamp.write_text(current)
     return TEMPLATE
