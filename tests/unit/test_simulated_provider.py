@@ -1,7 +1,7 @@
 """The simulated OpenAI-compatible provider, driven by the real `openai` SDK.
 
 Every behaviour is checked over both transports: the HTTP server on an ephemeral port and the
-in-process httpx2 transport (what a Lambda without an OpenAI key uses). Clients never retry.
+in-process httpx transport (what a Lambda without an OpenAI key uses). Clients never retry.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
-import httpx2
 import jsonschema
 import openai
 import pytest
@@ -33,7 +32,6 @@ from aigateway.llm.simulated import (
     FaultPlan,
     SimulatedProvider,
     SimulatedProviderServer,
-    SimulatedTransport,
     simulated_transport,
 )
 
@@ -110,10 +108,10 @@ class Sim:
     base_url: str
     _closers: list[Any] = field(default_factory=list)
 
-    def _http_client(self) -> httpx2.Client | None:
+    def _http_client(self) -> httpx.Client | None:
         if self.kind == "http":
             return None
-        client = httpx2.Client(transport=simulated_transport(self.provider, flavor="httpx2"))
+        client = httpx.Client(transport=simulated_transport(self.provider))
         self._closers.append(client)
         return client
 
@@ -124,14 +122,14 @@ class Sim:
         self._closers.append(client)
         return client
 
-    def http(self) -> httpx2.Client:
+    def http(self) -> httpx.Client:
         """A plain HTTP client rooted at the server (for raw bodies and the /_sim endpoints)."""
         root = self.base_url.removesuffix("/v1")
         if self.kind == "http":
-            client = httpx2.Client(base_url=root, timeout=5.0)
+            client = httpx.Client(base_url=root, timeout=5.0)
         else:
-            transport = simulated_transport(self.provider, flavor="httpx2")
-            client = httpx2.Client(base_url=root, timeout=5.0, transport=transport)
+            transport = simulated_transport(self.provider)
+            client = httpx.Client(base_url=root, timeout=5.0, transport=transport)
         self._closers.append(client)
         return client
 
@@ -469,7 +467,7 @@ def test_fault_reset_raises_api_connection_error(sim: Sim) -> None:
         sim.openai().chat.completions.create(model="gpt-4o-mini", messages=USER)
     # Then APIConnectionError (not a timeout), caused by a transport error
     assert not isinstance(err.value, openai.APITimeoutError)
-    assert isinstance(err.value.__cause__, httpx2.TransportError)
+    assert isinstance(err.value.__cause__, httpx.TransportError)
     print(f"\n[{sim.kind}] reset -> {type(err.value).__name__} from {type(err.value.__cause__).__name__}")
 
 
@@ -616,30 +614,6 @@ def test_concurrent_requests_are_counted_exactly() -> None:
 # -- transports ------------------------------------------------------------------------------------
 
 
-def test_one_transport_serves_httpx2_and_legacy_httpx_clients() -> None:
-    # Given one transport object, used by an httpx2.Client and by a legacy httpx.Client
-    provider = SimulatedProvider({"script": ["reset", "ok", "timeout"], "hang_s": 5}, env={})
-    transport: Any = SimulatedTransport(provider)  # duck-typed: either library's BaseTransport
-    with httpx2.Client(transport=transport) as modern:
-        client2 = openai.OpenAI(api_key="sim", base_url=IN_PROCESS_BASE_URL, max_retries=0, http_client=modern)
-        # When the httpx2 client meets the reset fault
-        with pytest.raises(openai.APIConnectionError) as err:
-            client2.chat.completions.create(model="gpt-4o-mini", messages=USER)
-        # Then the error is httpx2's
-        assert isinstance(err.value.__cause__, httpx2.RemoteProtocolError)
-    with httpx.Client(transport=transport) as http_client:
-        # (the SDK's annotation says httpx2.Client; at runtime it accepts a legacy httpx.Client)
-        legacy = cast(Any, http_client)
-        client = openai.OpenAI(api_key="sim", base_url=IN_PROCESS_BASE_URL, max_retries=0, http_client=legacy)
-        # When the legacy client gets a normal answer, then a timeout
-        completion = client.chat.completions.create(model="gpt-4o-mini", messages=USER)
-        with pytest.raises(openai.APITimeoutError) as timeout:
-            client.chat.completions.create(model="gpt-4o-mini", messages=USER, timeout=0.05)
-    # Then both work, and the errors are the legacy library's
-    assert (completion.choices[0].message.content or "").startswith("[simulated]")
-    assert isinstance(timeout.value.__cause__, httpx.ReadTimeout)
-
-
 def test_stopping_the_server_releases_a_held_request() -> None:
     # Given a request held by a 30 s timeout fault
     provider = SimulatedProvider({"script": ["timeout"], "hang_s": 30}, env={})
@@ -673,7 +647,7 @@ def test_stopping_the_server_releases_a_held_request() -> None:
 def test_http_server_keeps_connections_alive() -> None:
     # Given an HTTP/1.1 client with a single-connection pool
     body = {"model": "gpt-4o-mini", "messages": USER, "stream": True}
-    with SimulatedProviderServer() as server, httpx2.Client(limits=httpx2.Limits(max_connections=1)) as http:
+    with SimulatedProviderServer() as server, httpx.Client(limits=httpx.Limits(max_connections=1)) as http:
         root = server.base_url.removesuffix("/v1")
         client_ports = []
         for _ in range(3):
@@ -701,7 +675,7 @@ def test_module_import_is_light() -> None:
         "import sys, time\n"
         "t = time.perf_counter()\n"
         "import aigateway.llm.simulated\n"
-        "print(round(time.perf_counter() - t, 3), sorted(m for m in ('openai', 'httpx', 'httpx2', 'bpe_openai',\n"
+        "print(round(time.perf_counter() - t, 3), sorted(m for m in ('openai', 'httpx', 'bpe_openai',\n"
         "  'bpe_openai._bindings') if m in sys.modules))\n"
     )
     # When the module is imported

@@ -140,7 +140,10 @@ class Completions:
             )
         except GatewayError as exc:
             # One ledger row per attempt, failures included; a failed call is not billed.
-            self._record(ctx, spec.model, config.name, "failure", Usage(0, 0, 0), 0, None, started, now, error=exc.code)
+            failed = self._entry(
+                ctx, spec.model, config.name, "failure", Usage(0, 0, 0), 0, None, started, now, error=exc.code
+            )
+            self._record(ctx, failed)
             raise
         usage = Usage(reply.input_tokens, reply.cached_tokens, reply.output_tokens)
         cost = cost_micros(
@@ -151,18 +154,11 @@ class Completions:
             output = spec.validate(reply.content)
         except InvalidModelOutput as exc:
             # The provider answered (and charged us); the answer is unusable and is not cached.
-            self._record(
-                ctx,
-                spec.model,
-                provider,
-                "failure",
-                usage,
-                cost,
-                price.effective_from.isoformat(),
-                started,
-                now,
-                error=exc.code,
+            price_from = price.effective_from.isoformat()
+            failed = self._entry(
+                ctx, spec.model, provider, "failure", usage, cost, price_from, started, now, error=exc.code
             )
+            self._record(ctx, failed)
             raise
         answer = CachedAnswer(
             content=reply.content,
@@ -205,8 +201,7 @@ class Completions:
         entry = self._entry(
             ctx, spec.model, hit.provider, "cache_hit", usage, 0, None, started, now, saved=hit.cost_micros
         )
-        self.ledger.record(entry)
-        self._log(ctx, entry, None)
+        self._record(ctx, entry)
         return CompletionResult(
             output=output,
             model=hit.model,
@@ -257,21 +252,7 @@ class Completions:
             created_at=now,
         )
 
-    def _record(
-        self,
-        ctx: CallContext,
-        model: str,
-        provider: str,
-        outcome: Outcome,
-        usage: Usage,
-        cost: int,
-        price_from: str | None,
-        started: float,
-        now: datetime,
-        *,
-        error: str,
-    ) -> None:
-        entry = self._entry(ctx, model, provider, outcome, usage, cost, price_from, started, now, error=error)
+    def _record(self, ctx: CallContext, entry: LedgerEntry) -> None:
         self.ledger.record(entry)
         self._log(ctx, entry, None)
 

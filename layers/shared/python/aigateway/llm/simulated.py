@@ -9,7 +9,7 @@ responses carry `system_fingerprint: "fp_simulated"` and the header `x-simulated
 Layout: a pure core (`SimulatedProvider.handle`, no I/O, no sleeping) and thin transports that
 carry out what the core decides (delays, dropped connections):
 - `SimulatedProviderServer`: HTTP/1.1 on 127.0.0.1 (ThreadingHTTPServer in a daemon thread).
-- `simulated_transport` / `SimulatedTransport`: in-process, no sockets; serves httpx2 and httpx.
+- `simulated_transport` / `SimulatedTransport`: in-process, no sockets; an httpx transport.
 - `python -m aigateway.llm.simulated --port 8100 [--faults JSON]`.
 
 Fault plan (POST /_sim/faults, env SIM_FAULTS, or the constructor), any subset of:
@@ -41,14 +41,13 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, cast
 
 from aigateway.llm import tokens
 from aigateway.llm.catalog import MODELS, ModelSpec
 
 if TYPE_CHECKING:
     import httpx
-    import httpx2
 
 SIMULATED_PREFIX = "[simulated] "
 SYSTEM_FINGERPRINT = "fp_simulated"
@@ -1331,9 +1330,8 @@ class SimulatedProviderServer:
 class SimulatedTransport:
     """An in-process HTTP transport (no sockets) answering with a SimulatedProvider.
 
-    It works inside an `httpx2.Client` (what openai>=3 is built on) and inside a legacy
-    `httpx.Client` alike: each answer and each error is built from the module of the request it
-    receives, and neither library is imported here.
+    It is an httpx transport (what the openai SDK is built on); httpx is imported lazily, from
+    the request it receives, so importing this module stays cheap.
 
     Delays are slept in the calling thread. A "timeout" fault longer than the request's read
     timeout sleeps that timeout and raises the library's ReadTimeout (the SDK raises
@@ -1344,7 +1342,7 @@ class SimulatedTransport:
         self.provider = provider if provider is not None else SimulatedProvider()
 
     def handle_request(self, request: Any) -> Any:
-        module: Any = sys.modules[type(request).__module__.split(".", 1)[0]]  # httpx2 or httpx
+        module: Any = sys.modules[type(request).__module__.split(".", 1)[0]]
         body = request.read()
         path = request.url.raw_path.decode("ascii")
         response = self.provider.handle(request.method, path, dict(request.headers), body)
@@ -1371,32 +1369,13 @@ class SimulatedTransport:
         return None
 
 
-@overload
-def simulated_transport(
-    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx"] = "httpx"
-) -> httpx.BaseTransport: ...
+def simulated_transport(provider: SimulatedProvider | None = None) -> httpx.BaseTransport:
+    """A transport for `httpx.Client(transport=...)`, e.g. the OpenAI SDK's `http_client`:
 
-
-@overload
-def simulated_transport(
-    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx2"]
-) -> httpx2.BaseTransport: ...
-
-
-def simulated_transport(
-    provider: SimulatedProvider | None = None, *, flavor: Literal["httpx", "httpx2"] = "httpx"
-) -> httpx.BaseTransport | httpx2.BaseTransport:
-    """A transport for `httpx2.Client(transport=...)` or `httpx.Client(transport=...)`.
-
-    `flavor` only chooses the static type for the type checker; at runtime the same object
-    serves both libraries. openai>=3 depends on httpx2 only (the Lambda deps layer ships no
-    `httpx`), so in Lambda code prefer:
-
-        http_client = httpx2.Client(transport=simulated_transport(provider, flavor="httpx2"))
-        client = openai.OpenAI(api_key="sim", base_url="http://simulated.invalid/v1", http_client=http_client)
+    client = openai.OpenAI(api_key="sim", base_url="http://simulated.invalid/v1",
+                           http_client=httpx.Client(transport=simulated_transport(provider)))
     """
-    del flavor  # typing only
-    return cast("httpx.BaseTransport | httpx2.BaseTransport", SimulatedTransport(provider))
+    return cast("httpx.BaseTransport", SimulatedTransport(provider))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,206 @@
+"""`python -m bench`: what the gateway adds to a model call, measured in one run.
+
+1. Latency of POST /v1/generate (cache MISS and HIT; p50, p99, mean) through the embedded
+   runtime over real loopback HTTP and in-process, against the same request sent straight to the
+   simulated provider with the `openai` SDK. Added latency = gateway − direct, same run.
+2. Cold start: importing the generate handler (and openai, boto3 for reference) in a fresh
+   interpreter, median of 5; and whether the handler's import pulls in `openai`.
+3. DynamoDB calls and sequential phases per request (miss, hit).
+4. Peak RSS.
+Results also go to build/bench/results.json.
+
+Run: cd <repo> && PYTHONPATH=layers/shared/python:functions:. .venv/bin/python -m bench
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "build" / "bench" / "results.json"
+ROUNDS = 200
+WARMUP_ROUNDS = 20
+COLD_START_RUNS = 5
+QUIET_ENV = {"POWERTOOLS_LOG_LEVEL": "WARNING", "LOG_LEVEL": "WARNING"}
+
+
+def _bootstrap_path() -> None:
+    """Same import roots as PYTHONPATH=layers/shared/python:functions:. (harmless when already set)."""
+    for folder in (ROOT, ROOT / "functions", ROOT / "layers" / "shared" / "python"):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """Silence fds 1 and 2 (child processes included); replay what was written if the block fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+
+
+def _command() -> str:
+    try:
+        python = os.path.relpath(sys.executable, ROOT)
+    except ValueError:
+        python = sys.executable
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    prefix = f"PYTHONPATH={pythonpath} " if pythonpath else ""
+    return f"cd {ROOT} && {prefix}{python} -m bench"
+
+
+def _environment() -> dict[str, Any]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "command": _command(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _rss_mib(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
+
+
+def main() -> int:
+    wall_start = time.perf_counter()
+    os.environ.update(QUIET_ENV)
+    _bootstrap_path()
+    env = _environment()
+    print("Serverless AI Gateway benchmark")
+    print(f"  python   : {env['python']} ({sys.executable})")
+    print(f"  platform : {env['platform']}")
+    print(f"  cpus     : {env['cpu_count']} (usable: {env['cpus_usable']}), load avg at start {env['loadavg_start']}")
+    print(f"  command  : {env['command']}")
+    print("  note     : shared, noisy machine; compare ratios and differences within this run, not across runs")
+
+    phases: dict[str, float] = {}
+
+    # --- 0. the synthesized template (skipped when nothing changed) ------------------------
+    from infra.local.runtime import synthesize
+
+    t = time.perf_counter()
+    with _quiet_fds():
+        template = synthesize()
+    phases["synthesize_s"] = time.perf_counter() - t
+
+    # --- 2. cold start, first: no server threads running yet --------------------------------
+    from bench import coldstart
+
+    t = time.perf_counter()
+    imports = coldstart.measure(COLD_START_RUNS)
+    phases["cold_start_s"] = time.perf_counter() - t
+
+    # --- 1 & 3. the stack on moto, the simulator, the loopback HTTP server --------------------
+    from aigateway.llm.simulated import SimulatedProviderServer
+    from bench import dynamo_calls
+    from bench.latency import LatencyBench, RecordingProvider
+    from infra.local.apigateway import LocalApiGateway
+    from infra.local.runtime import LocalStack
+    from infra.local.seed import seed_demo_tenant
+    from infra.local.server import LocalHttpServer
+
+    t = time.perf_counter()
+    recorder = RecordingProvider()
+    simulator = SimulatedProviderServer(recorder)
+    provider_url = simulator.start()
+    overrides = {"SIMULATOR_URL": provider_url, "PROVIDER": "simulated", **QUIET_ENV}
+    stack = LocalStack(template, env_overrides=overrides).start()
+    server: LocalHttpServer | None = None
+    bench: LatencyBench | None = None
+    try:
+        demo = seed_demo_tenant("aig_bench_key_0123456789abcdef")
+        gateway = LocalApiGateway(stack)
+        server = LocalHttpServer(gateway, port=0)
+        gateway_url = server.start()
+        phases["stack_start_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        bench = LatencyBench(gateway, gateway_url, provider_url, demo.api_key, recorder)
+        latency = bench.run(ROUNDS, WARMUP_ROUNDS)
+        phases["latency_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        ddb = dynamo_calls.measure(stack, gateway, demo.api_key)
+        phases["dynamodb_s"] = time.perf_counter() - t
+    finally:
+        if bench is not None:
+            bench.close()
+        if server is not None:
+            server.stop()
+        stack.stop()
+        simulator.stop()
+
+    rss_self = _rss_mib(resource.RUSAGE_SELF)
+    rss_children = _rss_mib(resource.RUSAGE_CHILDREN)
+    env["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    total_s = time.perf_counter() - wall_start
+
+    from bench.report import render
+
+    print(render(env, latency, imports, ddb, rss_self, rss_children, phases, total_s))
+    results = _results(env, latency, imports, ddb, rss_self, rss_children, phases, total_s)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults: {os.path.relpath(RESULTS, ROOT)}    total run time {total_s:.1f} s")
+    return 1 if latency.errors else 0
+
+
+def _results(env: Any, latency: Any, imports: Any, ddb: Any, rss_self: float, rss_children: float,
+             phases: dict[str, float], total_s: float) -> dict[str, Any]:  # fmt: skip
+    return {
+        "environment": env,
+        "latency": {
+            "rounds": latency.rounds,
+            "warmup_rounds": latency.warmup_rounds,
+            "baseline_request_identical": {"miss": latency.baseline_identical, "hit": latency.baseline_hit_identical},
+            "summary_ms": {k: v.to_json() for k, v in latency.summaries.items()},
+            "added": [c.to_json() for c in latency.comparisons],
+            "errors": latency.errors,
+            "samples_ms": {k: [round(x, 3) for x in v] for k, v in latency.samples_ms.items()},
+        },
+        "cold_start": [i.to_json() for i in imports],
+        "dynamodb_per_request": [d.to_json() for d in ddb],
+        "memory": {"peak_rss_mib": round(rss_self, 1), "peak_rss_children_mib": round(rss_children, 1)},
+        "phases_s": {k: round(v, 2) for k, v in phases.items()},
+        "total_s": round(total_s, 1),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

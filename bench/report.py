@@ -1,0 +1,136 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from bench.latency import ROWS
+from bench.stats import median
+
+if TYPE_CHECKING:
+    from bench.coldstart import ImportTiming
+    from bench.dynamo_calls import RequestCount
+    from bench.latency import LatencyResult
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, align: str | None = None) -> str:
+    """A fixed-width table; `align` is one char per column, "l" or "r" (default: first l, rest r)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(cells, widths, align, strict=False)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def ms(value: float, *, signed: bool = False) -> str:
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def heading(text: str) -> str:
+    return f"\n{text}\n{'=' * len(text)}"
+
+
+def render(
+    env: dict[str, Any],
+    latency: LatencyResult,
+    imports: list[ImportTiming],
+    ddb: list[RequestCount],
+    rss_self_mib: float,
+    rss_children_mib: float,
+    phases: dict[str, float],
+    total_s: float,
+) -> str:
+    out: list[str] = []
+
+    # 1. latency
+    out.append(heading("1. POST /v1/generate latency, ms"))
+    out.append(
+        f"{latency.rounds} interleaved rounds (after {latency.warmup_rounds} warm-up rounds), one request of each "
+        "kind per round, order rotated; simulated provider on loopback HTTP, no injected latency."
+    )
+    rows = []
+    for key, label in ROWS:
+        s = latency.summaries[key]
+        rows.append([label, str(s.n), ms(s.mean_ms), ms(s.p50_ms), ms(s.p99_ms), ms(s.min_ms), ms(s.max_ms)])
+    out.append(table(["path", "n", "mean", "p50", "p99", "min", "max"], rows))
+    out.append("")
+    out.append("Gateway-added latency = gateway − direct (same request, same run):")
+    rows = []
+    for c in latency.comparisons:
+        rows.append(
+            [
+                c.name,
+                ms(c.added_p50_ms, signed=True),
+                ms(c.added_p99_ms, signed=True),
+                ms(c.added_mean_ms, signed=True),
+                f"{c.ratio_p50:.2f}x",
+                ms(c.paired_median_delta_ms, signed=True),
+            ]
+        )
+    out.append(table(["cache / transport", "added p50", "added p99", "added mean", "p50 ratio", "paired Δ p50"], rows))
+    http_over_inproc = latency.summaries["http_miss"].p50_ms - latency.summaries["inproc_miss"].p50_ms
+    http_over_inproc_hit = latency.summaries["http_hit"].p50_ms - latency.summaries["inproc_hit"].p50_ms
+    out.append(
+        f"  loopback HTTP in front of the gateway costs {http_over_inproc:+.2f} ms p50 on a miss, "
+        f"{http_over_inproc_hit:+.2f} ms on a hit (HTTP row − in-process row)."
+    )
+    out.append(
+        "  paired Δ p50 = median over rounds of (gateway − direct) within the same round; "
+        "a HIT never calls the provider, so its 'added' is what a hit costs relative to calling the model."
+    )
+    same = "yes" if latency.baseline_identical and latency.baseline_hit_identical else "NO"
+    out.append(f"  direct calls send the same JSON body the gateway sends to the provider: {same}")
+    if latency.errors:
+        out.append(f"  !! {len(latency.errors)} unexpected answers, first: {latency.errors[0]}")
+
+    # 2. cold start
+    out.append(heading("2. Cold start: import in a fresh interpreter, ms (median of runs)"))
+    rows = []
+    for timing in imports:
+        loaded = timing.loaded
+        rows.append(
+            [
+                f"import {timing.module}",
+                str(len(timing.import_s)),
+                ms(median(timing.import_s) * 1000),
+                ms(min(timing.import_s) * 1000),
+                ms(max(timing.import_s) * 1000),
+                ms(median(timing.process_s) * 1000),
+                "yes" if loaded.get("openai") else "no",
+                "yes" if loaded.get("boto3") else "no",
+            ]
+        )
+    out.append(
+        table(["module", "runs", "import p50", "min", "max", "process wall p50", "openai loaded", "boto3 loaded"], rows)
+    )
+    handler = next((t for t in imports if t.module == "generate.handler"), None)
+    if handler is not None:
+        pulled = sorted(m for m, present in handler.loaded.items() if present)
+        verdict = "YES — the cache-hit path pays for it" if handler.loaded.get("openai") else "no"
+        out.append(f"  importing generate.handler imports openai: {verdict}")
+        out.append(f"  loaded by generate.handler import: {', '.join(pulled) or 'none of the probed modules'}")
+    out.append("  (import time inside the interpreter; 'process wall' adds interpreter start-up and exit; .pyc warm)")
+
+    # 3. DynamoDB
+    out.append(heading("3. DynamoDB per request (generate handler, counted by aigateway.store.dynamo)"))
+    rows = [
+        [d.kind, "yes" if d.cached else "no", str(d.calls), str(d.phases), ", ".join(d.operations), ms(d.handler_ms)]
+        for d in ddb
+    ]
+    out.append(table(["request", "cached", "calls", "seq. phases", "operations", "handler ms"], rows, align="llrrlr"))
+    out.append("  the authorizer is cached by the gateway (TTL 300 s), so its key lookup is not in these requests")
+
+    # 4. memory + run
+    out.append(heading("4. Memory and run"))
+    out.append(f"  peak RSS of this process: {rss_self_mib:.1f} MiB (moto, the stack, the simulator, both clients)")
+    out.append(f"  peak RSS of the largest child process: {rss_children_mib:.1f} MiB (cold-start interpreters, synth)")
+    out.append("  phases: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in phases.items()))
+    out.append(f"  load avg start {env['loadavg_start']} → end {env.get('loadavg_end')}; total {total_s:.1f} s")
+    return "\n".join(out)
