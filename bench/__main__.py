@@ -129,7 +129,7 @@ def main() -> int:
     # --- 1 & 3. the stack on moto, the simulator, the loopback HTTP server --------------------
     from aigateway.llm.simulated import SimulatedProviderServer
     from bench import dynamo_calls
-    from bench.latency import LatencyBench, RecordingProvider
+    from bench.latency import LatencyBench, NoDelayHttpServer, RecordingProvider
     from infra.local.apigateway import LocalApiGateway
     from infra.local.runtime import LocalStack
     from infra.local.seed import seed_demo_tenant
@@ -142,16 +142,19 @@ def main() -> int:
     overrides = {"SIMULATOR_URL": provider_url, "PROVIDER": "simulated", **QUIET_ENV}
     stack = LocalStack(template, env_overrides=overrides).start()
     server: LocalHttpServer | None = None
+    nodelay: LocalHttpServer | None = None
     bench: LatencyBench | None = None
     try:
         demo = seed_demo_tenant("aig_bench_key_0123456789abcdef")
         gateway = LocalApiGateway(stack)
         server = LocalHttpServer(gateway, port=0)
         gateway_url = server.start()
+        nodelay = NoDelayHttpServer(gateway, port=0)
+        nodelay_url = nodelay.start()
         phases["stack_start_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        bench = LatencyBench(gateway, gateway_url, provider_url, demo.api_key, recorder)
+        bench = LatencyBench(gateway, gateway_url, nodelay_url, provider_url, demo.api_key, recorder)
         latency = bench.run(ROUNDS, WARMUP_ROUNDS)
         phases["latency_s"] = time.perf_counter() - t
 
@@ -161,8 +164,9 @@ def main() -> int:
     finally:
         if bench is not None:
             bench.close()
-        if server is not None:
-            server.stop()
+        for http_server in (server, nodelay):
+            if http_server is not None:
+                http_server.stop()
         stack.stop()
         simulator.stop()
 

@@ -4,7 +4,9 @@ Every path talks to one `SimulatedProviderServer` on loopback HTTP (no injected 
 - direct: the real `openai` SDK calling the simulator with exactly the body the gateway sends
   (captured from the gateway's own request, only the per-request marker swapped);
 - gateway HTTP: httpx (keep-alive) → LocalHttpServer → LocalApiGateway → generate handler;
-- gateway in-process: LocalApiGateway.handle, no sockets in front of the gateway.
+- gateway in-process: LocalApiGateway.handle, no sockets in front of the gateway;
+- diagnostic: the same LocalHttpServer with TCP_NODELAY set on accepted sockets (NoDelayHttpServer,
+  bench-side), which separates what the local server's socket settings cost from the gateway's work.
 Rounds are interleaved (one request of each kind per round, order rotated) so the machine's
 noise lands on every path alike; ratios and differences come from the same run.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ import openai
 from aigateway.llm.simulated import FaultPlan, SimResponse, SimulatedProvider
 from bench.stats import Summary, median, summarize
 from infra.local.apigateway import LocalApiGateway
+from infra.local.server import LocalHttpServer
 
 PATH = "/v1/generate"
 TEMPLATE = "skill_assessment"
@@ -66,6 +70,25 @@ def _sdk_kwargs(client: openai.OpenAI, body: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+class NoDelayHttpServer(LocalHttpServer):
+    """LocalHttpServer, except accepted sockets get TCP_NODELAY (a diagnostic; the server is unchanged).
+
+    LocalHttpServer sends the headers and the body in two writes; with Nagle on, the second waits
+    for the client's delayed ACK (~40 ms on Linux). The simulator's own server sets TCP_NODELAY.
+    """
+
+    def __init__(self, gateway: LocalApiGateway, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(gateway, host, port)
+        handler: Any = self.httpd.RequestHandlerClass
+        original_setup = handler.setup
+
+        def setup(self: Any) -> None:
+            original_setup(self)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        self.httpd.RequestHandlerClass = type("NoDelayHandler", (handler,), {"setup": setup})
+
+
 @dataclass
 class Comparison:
     name: str
@@ -102,23 +125,29 @@ ROWS = (
     ("direct_hit", "direct: openai SDK → simulator (hit request)"),
     ("http_hit", "gateway over loopback HTTP, cache HIT"),
     ("inproc_hit", "gateway in-process (no sockets), cache HIT"),
+    ("nodelay_miss", "diagnostic: HTTP server + TCP_NODELAY, cache MISS"),
+    ("nodelay_hit", "diagnostic: HTTP server + TCP_NODELAY, cache HIT"),
 )
 COMPARISONS = (
     ("MISS, HTTP", "http_miss", "direct_miss"),
     ("MISS, in-process", "inproc_miss", "direct_miss"),
     ("HIT, HTTP", "http_hit", "direct_hit"),
     ("HIT, in-process", "inproc_hit", "direct_hit"),
+    ("MISS, HTTP+NODELAY (diag.)", "nodelay_miss", "direct_miss"),
+    ("HIT, HTTP+NODELAY (diag.)", "nodelay_hit", "direct_hit"),
 )
 
 
 class LatencyBench:
-    def __init__(self, gateway: LocalApiGateway, gateway_url: str, provider_url: str, api_key: str,
-                 recorder: RecordingProvider) -> None:  # fmt: skip
+    def __init__(self, gateway: LocalApiGateway, gateway_url: str, nodelay_url: str, provider_url: str,
+                 api_key: str, recorder: RecordingProvider) -> None:  # fmt: skip
         self.gateway = gateway
         self.url = gateway_url + PATH
+        self.nodelay_url = nodelay_url + PATH
         self.recorder = recorder
         self.headers = {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
         self.http = httpx.Client(timeout=30.0)  # one keep-alive connection, reused
+        self.http_nodelay = httpx.Client(timeout=30.0)
         # The same SDK settings the gateway's client uses (aigateway.llm.client: timeout, no SDK retries).
         self.sdk = openai.OpenAI(api_key="simulated", base_url=provider_url, timeout=20.0, max_retries=0)
         self.errors: list[str] = []
@@ -129,14 +158,16 @@ class LatencyBench:
 
     def close(self) -> None:
         self.http.close()
+        self.http_nodelay.close()
         self.sdk.close()
 
     # --- one request of each kind; each returns milliseconds ------------------------------
-    def _gateway_http(self, body: bytes, cached: bool) -> float:
+    def _gateway_http(self, body: bytes, cached: bool, *, nodelay: bool = False) -> float:
+        client, url = (self.http_nodelay, self.nodelay_url) if nodelay else (self.http, self.url)
         started = time.perf_counter()
-        response = self.http.post(self.url, content=body, headers=self.headers)
+        response = client.post(url, content=body, headers=self.headers)
         elapsed = (time.perf_counter() - started) * 1000
-        self._check("http", response.status_code, response.content, cached)
+        self._check("http+nodelay" if nodelay else "http", response.status_code, response.content, cached)
         return elapsed
 
     def _gateway_inproc(self, body: bytes, cached: bool) -> float:
@@ -202,6 +233,8 @@ class LatencyBench:
             ("direct_hit", lambda i: self._direct(self.hit_kwargs)),
             ("http_hit", lambda i: self._gateway_http(self.hit_body, cached=True)),
             ("inproc_hit", lambda i: self._gateway_inproc(self.hit_body, cached=True)),
+            ("nodelay_miss", lambda i: self._gateway_http(generate_body(marker("nd", i)), False, nodelay=True)),
+            ("nodelay_hit", lambda i: self._gateway_http(self.hit_body, cached=True, nodelay=True)),
         ]
         samples: dict[str, list[float]] = {name: [] for name, _ in ops}
         for r in range(warmup + rounds):
