@@ -86,8 +86,8 @@ def render(
         f"{p50['nodelay_hit'] - p50['inproc_hit']:+.2f} ms hit."
     )
     out.append(
-        "  (infra/local/server.py writes headers and body separately without TCP_NODELAY: Nagle + delayed ACK"
-        " add ~40 ms; the diagnostic server is a bench-side subclass, the project's server is unchanged)"
+        "  (infra/local/server.py sets TCP_NODELAY since this bench found Nagle + delayed ACK adding ~40 ms;"
+        " the diagnostic row, a bench-side subclass forcing it, should now match the HTTP row)"
     )
     out.append(
         "  paired Δ p50 = median over rounds of (gateway − direct) within the same round; "
