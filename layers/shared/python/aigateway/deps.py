@@ -59,5 +59,5 @@ def reset() -> None:
     """Forget every cached client and setting (tests, and the local runtime between stacks)."""
     from aigateway.llm import client
 
-    for factory in (get_settings, dynamo, repos, completions, get_registry, client._client):
+    for factory in (get_settings, dynamo, repos, completions, get_registry, client.provider_config, client._client):
         factory.cache_clear()

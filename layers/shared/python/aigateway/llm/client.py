@@ -26,8 +26,12 @@ class ProviderConfig:
     base_url: str | None
 
 
+@lru_cache(maxsize=4)
 def provider_config(settings: Settings) -> ProviderConfig:
-    """Decides which provider answers: an explicit key wins, then the Secrets Manager secret."""
+    """Decides which provider answers: an explicit key wins, then the Secrets Manager secret.
+
+    Cached per execution environment: the secret is read once per cold start, not per call.
+    """
     if settings.provider != "simulated":
         if settings.openai_api_key:
             return ProviderConfig("openai", settings.openai_api_key, settings.openai_base_url)
