@@ -3,7 +3,9 @@
     MarkProcessing -> Run -> Persist -> Done
                        `--(Catch States.ALL)--> RecordFailure -> Failed
 
-Every Task invokes the `workflow` Lambda with `{"action": ..., "job.$": "$"}`. With
+Every Task invokes the `workflow` Lambda with `{"action": ..., "job.$": "$", "attempt.$":
+"$$.State.RetryCount"}`: the retry count numbers the ledger rows, so each retried provider call
+is its own billed attempt and a replay of one attempt is not billed twice. With
 `payload_response_only=True` the ASL `Resource` is the function ARN itself (no
 `arn:aws:states:::lambda:invoke` wrapper), so a task's result is the handler's return value.
 """
@@ -38,7 +40,13 @@ class Workflow(Construct):
                 self,
                 name,
                 lambda_function=handler,
-                payload=sfn.TaskInput.from_object({"action": action, "job": sfn.JsonPath.entire_payload}),
+                payload=sfn.TaskInput.from_object(
+                    {
+                        "action": action,
+                        "job": sfn.JsonPath.entire_payload,
+                        "attempt": sfn.JsonPath.number_at("$$.State.RetryCount"),
+                    }
+                ),
                 payload_response_only=True,
                 retry_on_service_exceptions=False,  # explicit retriers below, in a fixed order
                 result_path=result_path,

@@ -37,8 +37,16 @@ def mark_processing(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
     job = _job(event)
     request = GenerateRequest.model_validate(job.request)
-    ctx = CallContext(job.job_id, job.principal, "jobs", Deadline.from_context(context, cap_s=55))
-    response = generate(request, ctx, templates=deps.templates(), completions=deps.completions())
+    # Jobs are rate-limited when enqueued, not here; Step Functions' retry count numbers the attempt.
+    ctx = CallContext(
+        job.job_id,
+        job.principal,
+        "jobs",
+        Deadline.from_context(context, cap_s=55),
+        attempt=int(event.get("attempt", 0)),
+        rate_limited=False,
+    )
+    response, _ = generate(request, ctx, templates=deps.templates(), completions=deps.completions())
     return response.model_dump(mode="json")
 
 

@@ -55,6 +55,7 @@ class RequestInfo:
     request_id: str
     principal: Principal | None
     deadline: Deadline
+    client_ip: str | None = None
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -149,7 +150,8 @@ def entrypoint(
                 "body": json.dumps(exc.body(request_id)),
                 "isBase64Encoded": False,
             }
-        app.append_context(request=RequestInfo(request_id, principal, Deadline.from_context(context)))
+        client_ip = ((event.get("requestContext") or {}).get("http") or {}).get("sourceIp")
+        app.append_context(request=RequestInfo(request_id, principal, Deadline.from_context(context), client_ip))
         started = time.perf_counter()
         outer = request_stats()
         with nullcontext(outer) if outer is not None else track_request() as stats:

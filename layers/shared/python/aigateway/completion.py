@@ -1,12 +1,18 @@
-"""The request path every model-backed feature shares (DESIGN §5): cache, price, call, validate, bill.
+"""The request path every model-backed feature shares (DESIGN §5): limit, cache, reserve, call, settle.
 
 Features (generate, jobs, later chat) build a `CompletionSpec` and call `Completions.complete`.
-DynamoDB phases on the critical path: a hit is cache read + ledger write (2); a miss is cache
-read + (ledger write ‖ cache write) (2) — budgets and rate limits add their own phase later.
+Sequential DynamoDB phases on the critical path:
+1. rate-limit buckets ‖ cache read ‖ budget counters snapshot (all in parallel);
+2. a hit: settlement (ledger row + rollup, one transaction) — done, 2 phases;
+   a miss: the budget reservation (one transaction);
+3. a miss, after the provider: settlement (ledger row + reservation release + charge + rollup,
+   one transaction) ‖ cache write — 3 phases.
+A request whose charge crosses a budget alert threshold adds one conditional write to claim it.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +23,17 @@ from aigateway.api import Deadline
 from aigateway.auth import Principal
 from aigateway.cache import CachedAnswer, ResponseCache, request_digest
 from aigateway.errors import GatewayError, InvalidModelOutput
+from aigateway.governance.alerts import BudgetAlerts
+from aigateway.governance.budgets import Budgets, Reservation, period_of, scopes_for
+from aigateway.governance.config import GovernanceConfigs
 from aigateway.governance.ledger import Ledger, LedgerEntry, Outcome
-from aigateway.governance.pricing import cost_micros, price_for
+from aigateway.governance.limits import LimitStatus, RateLimiter, Subject
+from aigateway.governance.pricing import Price, cost_micros, price_for, worst_case_micros
+from aigateway.llm import tokens
+from aigateway.llm.catalog import get_model
 from aigateway.llm.client import ProviderConfig, ProviderReply, chat_completion
 from aigateway.observability import logger
-from aigateway.store.dynamo import Dynamo
+from aigateway.store.dynamo import Dynamo, Item
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -35,6 +47,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _epoch_us(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000)
+
+
+# The provider counts a few tokens we cannot see (message framing, the schema's rendering for
+# structured output): the reservation assumes this much more input than we count.
+INPUT_ESTIMATE_MARGIN = 1.10
+INPUT_ESTIMATE_SLACK_TOKENS = 64
+
+
 @dataclass(frozen=True)
 class CallContext:
     request_id: str
@@ -42,6 +64,9 @@ class CallContext:
     feature: str
     deadline: Deadline
     template: str | None = None  # name@version
+    client_ip: str | None = None
+    attempt: int = 0  # numbers the ledger row: <request_id>#<attempt>
+    rate_limited: bool = True  # False where limits were applied upstream (asynchronous jobs)
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,7 @@ class CompletionResult:
     cost_micros: int
     cost_saved_micros: int
     latency_ms: int
+    limits: LimitStatus = field(default_factory=lambda: LimitStatus(()))
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,12 +127,20 @@ class Completions:
         db: Dynamo,
         cache: ResponseCache,
         ledger: Ledger,
+        configs: GovernanceConfigs,
+        limiter: RateLimiter,
+        budgets: Budgets,
+        alerts: BudgetAlerts,
         llm: Callable[[], tuple[ProviderConfig, OpenAI]],
         clock: Clock = utc_now,
     ):
         self.db = db
         self.cache = cache
         self.ledger = ledger
+        self.configs = configs
+        self.limiter = limiter
+        self.budgets = budgets
+        self.alerts = alerts
         self.llm = llm
         self.clock = clock
 
@@ -122,12 +156,33 @@ class Completions:
             }
         )
         now = self.clock()
-        hit = self.cache.get(ctx.principal.tenant_id, digest, now_epoch=int(now.timestamp()))
-        if hit is not None:
-            return self._serve_hit(ctx, hit, spec, now, started)
+        price = price_for(spec.model, now)  # an unpriced model is refused before anything is spent
+        p = ctx.principal
+        config = self.configs.get(p.tenant_id)
+        scopes = scopes_for(config, user_id=p.user_id, feature=ctx.feature)
+        period = period_of(now)
 
-        price = price_for(spec.model, now)  # before the call: an unpriced model costs nothing to refuse
-        config, client = self.llm()
+        # Phase 1: rate limits, cache and the budget counters, side by side.
+        takers = []
+        if ctx.rate_limited:
+            subject = Subject(p.tenant_id, p.key_id, p.user_id, ctx.client_ip, ctx.feature)
+            takers = self.limiter.takers(subject, config.effective_rate_limits(ctx.feature), now_us=_epoch_us(now))
+        results: list[Any] = self.db.parallel(
+            lambda: self.cache.get(p.tenant_id, digest, now_epoch=int(now.timestamp())),
+            lambda: self.budgets.snapshot(p.tenant_id, scopes, period),
+            *takers,
+        )
+        hit: CachedAnswer | None = results[0]
+        snapshot: dict[str, Item] = results[1]
+        limits = self.limiter.conclude(results[2:])  # raises RateLimited (after giving tokens back)
+        if hit is not None:
+            return self._serve_hit(ctx, hit, spec, now, started, limits)
+
+        # Phase 2: reserve the worst case in every applicable budget.
+        reservation = self.budgets.reserve(
+            f"{ctx.request_id}#{ctx.attempt:02d}", p.tenant_id, scopes, self._worst_case(spec, price), now
+        )
+        config_, client = self.llm()
         timeout = ctx.deadline.budget_for_call(spec.timeout_ceiling_s)
         try:
             reply = chat_completion(
@@ -141,24 +196,24 @@ class Completions:
         except GatewayError as exc:
             # One ledger row per attempt, failures included; a failed call is not billed.
             failed = self._entry(
-                ctx, spec.model, config.name, "failure", Usage(0, 0, 0), 0, None, started, now, error=exc.code
+                ctx, spec.model, config_.name, "failure", Usage(0, 0, 0), 0, None, started, now, error=exc.code
             )
-            self._record(ctx, failed)
+            self._settle(ctx, failed, reservation, snapshot)
             raise
         usage = Usage(reply.input_tokens, reply.cached_tokens, reply.output_tokens)
         cost = cost_micros(
             price, input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens, output_tokens=usage.output_tokens
         )
-        provider = "simulated" if reply.simulated else config.name
+        provider = "simulated" if reply.simulated else config_.name
+        price_from = price.effective_from.isoformat()
         try:
             output = spec.validate(reply.content)
         except InvalidModelOutput as exc:
             # The provider answered (and charged us); the answer is unusable and is not cached.
-            price_from = price.effective_from.isoformat()
             failed = self._entry(
                 ctx, spec.model, provider, "failure", usage, cost, price_from, started, now, error=exc.code
             )
-            self._record(ctx, failed)
+            self._settle(ctx, failed, reservation, snapshot)
             raise
         answer = CachedAnswer(
             content=reply.content,
@@ -170,15 +225,15 @@ class Completions:
             provider=provider,
             created_at=now.isoformat(),
         )
-        entry = self._entry(
-            ctx, spec.model, provider, "success", usage, cost, price.effective_from.isoformat(), started, now
-        )
+        entry = self._entry(ctx, spec.model, provider, "success", usage, cost, price_from, started, now)
+        # Phase 3: settlement ‖ cache write.
         self.db.parallel(
-            lambda: self.ledger.record(entry),
+            lambda: self.ledger.settle(entry, reservation),
             lambda: self.cache.put(
-                ctx.principal.tenant_id, digest, answer, now_epoch=int(now.timestamp()), ttl_seconds=spec.cache_ttl_s
+                p.tenant_id, digest, answer, now_epoch=int(now.timestamp()), ttl_seconds=spec.cache_ttl_s
             ),
         )
+        self._after_charge(entry, snapshot, now)
         self._log(ctx, entry, reply)
         return CompletionResult(
             output=output,
@@ -190,18 +245,38 @@ class Completions:
             cost_micros=cost,
             cost_saved_micros=0,
             latency_ms=entry.latency_ms,
+            limits=limits,
             extra={"finish_reason": reply.finish_reason},
         )
 
+    @staticmethod
+    def _worst_case(spec: CompletionSpec, price: Price) -> int:
+        """The most this call can cost: every input token uncached, every allowed output token used."""
+        model = get_model(spec.model)
+        counted = tokens.count_messages(spec.messages, spec.model)
+        if spec.response_format is not None:
+            counted += tokens.count_text(json.dumps(spec.response_format), spec.model)
+        input_tokens = int(counted * INPUT_ESTIMATE_MARGIN) + INPUT_ESTIMATE_SLACK_TOKENS
+        max_output = int(
+            spec.params.get("max_tokens") or spec.params.get("max_completion_tokens") or model.max_output_tokens
+        )
+        return worst_case_micros(price, input_tokens=input_tokens, max_output_tokens=max_output)
+
     def _serve_hit(
-        self, ctx: CallContext, hit: CachedAnswer, spec: CompletionSpec, now: datetime, started: float
+        self,
+        ctx: CallContext,
+        hit: CachedAnswer,
+        spec: CompletionSpec,
+        now: datetime,
+        started: float,
+        limits: LimitStatus,
     ) -> CompletionResult:
         output = spec.validate(hit.content)
         usage = Usage(hit.input_tokens, hit.cached_tokens, hit.output_tokens)
         entry = self._entry(
             ctx, spec.model, hit.provider, "cache_hit", usage, 0, None, started, now, saved=hit.cost_micros
         )
-        self._record(ctx, entry)
+        self._settle(ctx, entry, None, {})
         return CompletionResult(
             output=output,
             model=hit.model,
@@ -212,7 +287,23 @@ class Completions:
             cost_micros=0,
             cost_saved_micros=hit.cost_micros,
             latency_ms=entry.latency_ms,
+            limits=limits,
         )
+
+    def _settle(
+        self, ctx: CallContext, entry: LedgerEntry, reservation: Reservation | None, snapshot: dict[str, Item]
+    ) -> None:
+        self.ledger.settle(entry, reservation)
+        self._after_charge(entry, snapshot, entry.created_at)
+        self._log(ctx, entry, None)
+
+    def _after_charge(self, entry: LedgerEntry, snapshot: dict[str, Item], now: datetime) -> None:
+        """Claims budget alerts this charge may have crossed (the sweeper catches any it misses)."""
+        if not entry.cost_micros:
+            return
+        for item in snapshot.values():
+            if self.alerts.due(item, added_micros=entry.cost_micros):
+                self.alerts.send_due(item, now, added_micros=entry.cost_micros)
 
     def _entry(
         self,
@@ -228,11 +319,10 @@ class Completions:
         *,
         saved: int = 0,
         error: str | None = None,
-        attempt: int = 0,
     ) -> LedgerEntry:
         return LedgerEntry(
             request_id=ctx.request_id,
-            attempt=attempt,
+            attempt=ctx.attempt,
             tenant_id=ctx.principal.tenant_id,
             user_id=ctx.principal.user_id,
             key_id=ctx.principal.key_id,
@@ -251,10 +341,6 @@ class Completions:
             error_code=error,
             created_at=now,
         )
-
-    def _record(self, ctx: CallContext, entry: LedgerEntry) -> None:
-        self.ledger.record(entry)
-        self._log(ctx, entry, None)
 
     def _log(self, ctx: CallContext, entry: LedgerEntry, reply: ProviderReply | None) -> None:
         # Prompts never reach the log: only their hash (DESIGN §6).

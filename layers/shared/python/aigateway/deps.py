@@ -11,12 +11,27 @@ from functools import lru_cache
 
 from aigateway.cache import ResponseCache
 from aigateway.completion import Completions
+from aigateway.governance.alerts import BudgetAlerts, sns_publisher
+from aigateway.governance.budgets import Budgets
+from aigateway.governance.config import GovernanceConfigs
 from aigateway.governance.ledger import Ledger
+from aigateway.governance.limits import RateLimiter
 from aigateway.llm.client import provider_client
 from aigateway.prompts.registry import TemplateRegistry, get_registry
 from aigateway.settings import get_settings
 from aigateway.store.dynamo import dynamo
-from aigateway.store.repos import ApiKeys, CacheEntries, Jobs, LedgerRows, Tenants
+from aigateway.store.repos import (
+    ApiKeys,
+    BudgetCounters,
+    CacheEntries,
+    Jobs,
+    LedgerRows,
+    RateLimitBuckets,
+    Reservations,
+    Rollups,
+    Tenants,
+    TenantSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,11 @@ class Repos:
     cache: CacheEntries
     ledger: LedgerRows
     jobs: Jobs
+    settings: TenantSettings
+    buckets: RateLimitBuckets
+    budgets: BudgetCounters
+    reservations: Reservations
+    rollups: Rollups
 
 
 @lru_cache(maxsize=1)
@@ -37,7 +57,34 @@ def repos() -> Repos:
         cache=CacheEntries(db, s.cache_table),
         ledger=LedgerRows(db, s.ledger_table),
         jobs=Jobs(db, s.state_table),
+        settings=TenantSettings(db, s.state_table),
+        buckets=RateLimitBuckets(db, s.state_table),
+        budgets=BudgetCounters(db, s.state_table),
+        reservations=Reservations(db, s.state_table),
+        rollups=Rollups(db, s.ledger_table),
     )
+
+
+@lru_cache(maxsize=1)
+def governance_configs() -> GovernanceConfigs:
+    return GovernanceConfigs(repos().settings)
+
+
+@lru_cache(maxsize=1)
+def budgets() -> Budgets:
+    r = repos()
+    return Budgets(r.budgets, r.reservations, dynamo())
+
+
+@lru_cache(maxsize=1)
+def ledger() -> Ledger:
+    r = repos()
+    return Ledger(dynamo(), r.ledger, r.rollups, r.budgets, r.reservations)
+
+
+@lru_cache(maxsize=1)
+def budget_alerts() -> BudgetAlerts:
+    return BudgetAlerts(repos().budgets, sns_publisher(get_settings().alerts_topic_arn))
 
 
 @lru_cache(maxsize=1)
@@ -46,7 +93,11 @@ def completions() -> Completions:
     return Completions(
         db=dynamo(),
         cache=ResponseCache(r.cache),
-        ledger=Ledger(r.ledger),
+        ledger=ledger(),
+        configs=governance_configs(),
+        limiter=RateLimiter(r.buckets, dynamo()),
+        budgets=budgets(),
+        alerts=budget_alerts(),
         llm=lambda: provider_client(get_settings()),
     )
 
@@ -59,5 +110,18 @@ def reset() -> None:
     """Forget every cached client and setting (tests, and the local runtime between stacks)."""
     from aigateway.llm import client
 
-    for factory in (get_settings, dynamo, repos, completions, get_registry, client.provider_config, client._client):
+    factories = (
+        get_settings,
+        dynamo,
+        repos,
+        governance_configs,
+        budgets,
+        ledger,
+        budget_alerts,
+        completions,
+        get_registry,
+        client.provider_config,
+        client._client,
+    )
+    for factory in factories:
         factory.cache_clear()

@@ -11,16 +11,25 @@ class GatewayError(Exception):
     code = "internal_error"
     status = 500
 
-    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: dict[str, object] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.field = field
         self.headers = headers or {}
+        self.details = details or {}
 
     def body(self, request_id: str) -> dict[str, object]:
         error: dict[str, object] = {"code": self.code, "message": self.message}
         if self.field is not None:
             error["field"] = self.field
+        error.update(self.details)
         return {"error": error, "request_id": request_id}
 
 
@@ -61,6 +70,34 @@ class Unauthorized(GatewayError):
 class Forbidden(GatewayError):
     code = "forbidden"
     status = 403
+
+
+class RateLimited(GatewayError):
+    """A rate limit refused the request; `limit` names it (`<scope>:<feature|*>`)."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, limit: str, headers: dict[str, str]):
+        super().__init__(message, headers=headers, details={"limit": limit})
+
+
+class BudgetExhausted(GatewayError):
+    """A budget cannot cover the request's worst-case cost; names the budget and its period."""
+
+    code = "budget_exhausted"
+    status = 402
+
+    def __init__(self, message: str, *, budget: str, period: str, limit_micros: int, remaining_micros: int):
+        super().__init__(
+            message,
+            details={
+                "budget": budget,
+                "period": period,
+                "limit_micros": limit_micros,
+                "remaining_micros": remaining_micros,
+            },
+        )
 
 
 class NotFound(GatewayError):

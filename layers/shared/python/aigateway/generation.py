@@ -5,6 +5,7 @@ Input and output models are separate from stored models and mapped explicitly.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,7 +54,8 @@ FEATURE = "generate"
 
 def generate(
     request: GenerateRequest, ctx: CallContext, *, templates: TemplateRegistry, completions: Completions
-) -> GenerateResponse:
+) -> tuple[GenerateResponse, dict[str, str]]:
+    """The response, and the headers that go with it (the caller's rate-limit status)."""
     template = templates.get(request.template, request.version)
     messages = render_messages(template, request.variables)
     profile = get_profile(request.model_profile or template.model_profile)
@@ -66,7 +68,7 @@ def generate(
             "type": "json_schema",
             "json_schema": {"name": template.name, "schema": template.output_schema, "strict": True},
         }
-    ctx = CallContext(ctx.request_id, ctx.principal, FEATURE, ctx.deadline, template=template.ref)
+    ctx = replace(ctx, feature=FEATURE, template=template.ref)
     result = completions.complete(
         ctx,
         CompletionSpec(
@@ -78,7 +80,7 @@ def generate(
             validate=json_output(template.output_model),
         ),
     )
-    return GenerateResponse(
+    response = GenerateResponse(
         request_id=ctx.request_id,
         template=template.name,
         version=template.version,
@@ -97,3 +99,4 @@ def generate(
         cost_micros=result.cost_micros,
         cost_saved_micros=result.cost_saved_micros,
     )
+    return response, result.limits.headers()

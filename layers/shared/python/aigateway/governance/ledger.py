@@ -1,19 +1,40 @@
-"""The usage ledger: one immutable row per provider attempt and per cache hit.
+"""The usage ledger: one immutable row per provider attempt and per cache hit, and its settlement.
 
-A row's id is `<request_id>#<attempt>` and the write is conditional on it not existing, so a
-replayed write (client retry, SQS redelivery, Lambda retry) can never bill twice.
+A row's id is `<request_id>#<attempt>`. Settlement writes, in one DynamoDB transaction:
+the row (conditional on its id not existing), the release of the attempt's budget reservation,
+the real cost charged to each budget, and the usage rollup counters. A replayed settlement
+(client retry, SQS redelivery, Lambda retry) fails the row's condition, which cancels the whole
+transaction — so nothing can be billed or counted twice.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aigateway.store.repos import LedgerRows
+from aigateway.governance.budgets import Reservation, charge_ops
+from aigateway.store.dynamo import Dynamo, TransactionCancelled
+from aigateway.store.repos import BudgetCounters, LedgerRows, Reservations, Rollups
 
 Outcome = Literal["success", "cache_hit", "failure", "fallback"]
+
+# Rollup counters, all summed with ADD; an export's totals reconcile to these.
+ROLLUP_COUNTERS = (
+    "attempts",
+    "successes",
+    "cache_hits",
+    "failures",
+    "fallbacks",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "cost_micros",
+    "cost_saved_micros",
+    "latency_ms_sum",
+)
+_OUTCOME_COUNTER = {"success": "successes", "cache_hit": "cache_hits", "failure": "failures", "fallback": "fallbacks"}
 
 
 class LedgerEntry(BaseModel):
@@ -47,12 +68,68 @@ class LedgerEntry(BaseModel):
     def month(self) -> str:
         return self.created_at.strftime("%Y-%m")
 
+    @property
+    def day(self) -> str:
+        return self.created_at.strftime("%Y-%m-%d")
+
+    def rollup_counters(self) -> dict[str, int]:
+        counters = dict.fromkeys(ROLLUP_COUNTERS, 0)
+        counters["attempts"] = 1
+        counters[_OUTCOME_COUNTER[self.outcome]] = 1
+        counters["input_tokens"] = self.input_tokens
+        counters["cached_tokens"] = self.cached_tokens
+        counters["output_tokens"] = self.output_tokens
+        counters["cost_micros"] = self.cost_micros
+        counters["cost_saved_micros"] = self.cost_saved_micros
+        counters["latency_ms_sum"] = self.latency_ms
+        return counters
+
 
 class Ledger:
-    def __init__(self, rows: LedgerRows):
+    def __init__(
+        self, db: Dynamo, rows: LedgerRows, rollups: Rollups, counters: BudgetCounters, reservations: Reservations
+    ):
+        self.db = db
         self.rows = rows
+        self.rollups = rollups
+        self.counters = counters
+        self.reservations = reservations
 
-    def record(self, entry: LedgerEntry) -> bool:
-        """Writes the row exactly once; returns False when it was already there (a replay)."""
-        attributes = entry.model_dump(mode="json")
-        return self.rows.put_once(entry.tenant_id, entry.month, entry.row_id, attributes)
+    def settle(self, entry: LedgerEntry, reservation: Reservation | None) -> bool:
+        """Records the row and settles its money exactly once; False means it was a replay.
+
+        `reservation` is the attempt's open budget reservation: it is released and the real cost
+        charged in its place. Only a row that costs nothing (a cache hit) may come without one.
+        """
+        if reservation is None and entry.cost_micros:
+            raise ValueError("a billed ledger row must settle a budget reservation")
+        releasing = reservation is not None
+        while True:
+            ops: list[dict[str, Any]] = [
+                self.rows.put_tx(entry.tenant_id, entry.month, entry.row_id, entry.model_dump(mode="json")),
+                self.rollups.add_tx(
+                    entry.tenant_id,
+                    day=entry.day,
+                    feature=entry.feature,
+                    model=entry.model,
+                    user_id=entry.user_id,
+                    counters=entry.rollup_counters(),
+                ),
+            ]
+            if reservation is not None:
+                if releasing:
+                    ops.append(self.reservations.delete_tx(reservation.reservation_id))
+                released = reservation.amount_micros if releasing else 0
+                ops += charge_ops(self.counters, reservation, cost=entry.cost_micros, released=released)
+            try:
+                self.db.transact(ops)
+                return True
+            except TransactionCancelled as cancelled:
+                if cancelled.failed(0):
+                    return False  # this row is already in the ledger: a replay, already settled
+                if releasing and cancelled.failed(2):
+                    # The sweeper gave this reservation back already (the request outlived its hold):
+                    # charge the cost without releasing it a second time.
+                    releasing = False
+                    continue
+                raise

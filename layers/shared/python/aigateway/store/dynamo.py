@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import random
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,7 +26,36 @@ _deserializer = TypeDeserializer()
 
 
 class ConditionFailed(Exception):
-    """A conditional write found the item in a state it did not allow."""
+    """A conditional write found the item in a state it did not allow.
+
+    `item` is the item as the failed condition saw it (None when it did not exist), taken from
+    `ReturnValuesOnConditionCheckFailure=ALL_OLD` so the caller needs no extra read to decide.
+    """
+
+    def __init__(self, message: str, item: Item | None = None):
+        super().__init__(message)
+        self.item = item
+
+
+class TransactionCancelled(Exception):
+    """A transaction was cancelled; `reasons[i]` is the code for its i-th item (None = no fault).
+
+    `items[i]` is that item as the failed condition saw it (None when absent or not reported).
+    """
+
+    def __init__(self, reasons: list[str | None], items: list[Item | None]):
+        super().__init__(f"transaction cancelled: {reasons}")
+        self.reasons = reasons
+        self.items = items
+
+    def failed(self, index: int) -> bool:
+        return self.reasons[index] == "ConditionalCheckFailed"
+
+
+# Concurrent transactions touching one item are refused with TransactionConflict (AWS only;
+# moto never reports it). They are retried a few times with full jitter, then surfaced.
+TRANSACTION_CONFLICT_RETRIES = 5
+TRANSACTION_CONFLICT_BASE_S = 0.01
 
 
 @dataclass
@@ -82,6 +113,48 @@ def _from_dynamo(value: Any) -> Any:
     return value
 
 
+def _raise_condition_failed(exc: ClientError) -> None:
+    if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+        old = exc.response.get("Item")
+        raise ConditionFailed(str(exc), deserialize(old) if old else None) from exc
+
+
+def tx_put(table: str, item: Item, *, condition: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"TableName": table, "Item": serialize(item)}
+    if condition:
+        op["ConditionExpression"] = condition
+        op["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+    return {"Put": op}
+
+
+def tx_update(
+    table: str,
+    key: Item,
+    expression: str,
+    *,
+    values: Item | None = None,
+    names: dict[str, str] | None = None,
+    condition: str | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"TableName": table, "Key": serialize(key), "UpdateExpression": expression}
+    if values:
+        op["ExpressionAttributeValues"] = serialize(values)
+    if names:
+        op["ExpressionAttributeNames"] = names
+    if condition:
+        op["ConditionExpression"] = condition
+        op["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+    return {"Update": op}
+
+
+def tx_delete(table: str, key: Item, *, condition: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"TableName": table, "Key": serialize(key)}
+    if condition:
+        op["ConditionExpression"] = condition
+        op["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+    return {"Delete": op}
+
+
 def serialize(item: Item) -> dict[str, Any]:
     return {k: _serializer.serialize(_to_dynamo(v)) for k, v in item.items() if v is not None}
 
@@ -95,7 +168,7 @@ class Dynamo:
 
     def __init__(self, client: Any):
         self.client = client
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ddb")
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ddb")
         self._in_parallel: contextvars.ContextVar[bool] = contextvars.ContextVar("in_parallel", default=False)
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
@@ -113,11 +186,12 @@ class Dynamo:
             kwargs["ConditionExpression"] = condition
         if names:
             kwargs["ExpressionAttributeNames"] = names
+        if condition:
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
             self._call("put_item", **kwargs)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise ConditionFailed(str(exc)) from exc
+            _raise_condition_failed(exc)
             raise
 
     def update(
@@ -142,13 +216,57 @@ class Dynamo:
             kwargs["ExpressionAttributeNames"] = names
         if condition:
             kwargs["ConditionExpression"] = condition
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
             raw = self._call("update_item", **kwargs)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise ConditionFailed(str(exc)) from exc
+            _raise_condition_failed(exc)
             raise
         return deserialize(raw.get("Attributes", {}))
+
+    def delete(self, table: str, key: Item, *, condition: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"TableName": table, "Key": serialize(key)}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        try:
+            self._call("delete_item", **kwargs)
+        except ClientError as exc:
+            _raise_condition_failed(exc)
+            raise
+
+    def batch_get(self, table: str, keys: list[Item], *, consistent: bool = False) -> list[Item]:
+        """Up to 100 items by key in one call (unprocessed keys are fetched again)."""
+        if not keys:
+            return []
+        found: list[Item] = []
+        request: dict[str, Any] = {table: {"Keys": [serialize(k) for k in keys], "ConsistentRead": consistent}}
+        while request:
+            raw = self._call("batch_get_item", RequestItems=request)
+            found.extend(deserialize(i) for i in raw.get("Responses", {}).get(table, []))
+            request = raw.get("UnprocessedKeys") or {}
+        return found
+
+    def transact(self, items: list[dict[str, Any]]) -> None:
+        """All-or-nothing writes (items from `tx_put`/`tx_update`/`tx_delete`); at most 100 items.
+
+        Raises TransactionCancelled when a condition fails. A conflict with another transaction
+        on the same item is retried (bounded, jittered), since it says nothing about the data.
+        """
+        for attempt in range(TRANSACTION_CONFLICT_RETRIES + 1):
+            try:
+                self._call("transact_write_items", TransactItems=items)
+                return
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                reasons = exc.response.get("CancellationReasons") or []
+                codes = [r.get("Code") if r.get("Code") not in (None, "None") else None for r in reasons]
+                conflict_only = "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes
+                if conflict_only and attempt < TRANSACTION_CONFLICT_RETRIES:
+                    time.sleep(random.uniform(0, TRANSACTION_CONFLICT_BASE_S * 2**attempt))
+                    continue
+                old = [deserialize(r["Item"]) if r.get("Item") else None for r in reasons]
+                raise TransactionCancelled(codes, old) from exc
 
     def query(
         self,
@@ -183,6 +301,8 @@ class Dynamo:
 
     def parallel(self, *calls: Callable[[], T]) -> list[T]:
         """Run independent calls side by side: one phase on the critical path, however many calls."""
+        if not calls:
+            return []
         if len(calls) == 1:
             return [calls[0]()]
         stats = _stats.get()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from aigateway.store.dynamo import ConditionFailed, Dynamo, Item
+from aigateway.store.dynamo import ConditionFailed, Dynamo, Item, tx_delete, tx_put, tx_update
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,304 @@ class Tenants:
             "name": name,
             "status": "active",
             "created_at": created_at,
+            "gsi1pk": "TENANTS",
+            "gsi1sk": tenant_id,
         }
         try:
             self.db.put(self.table, item, condition="attribute_not_exists(pk)")
         except ConditionFailed:
             return False
         return True
+
+    def ids(self) -> list[str]:
+        """Every tenant id, in order (for admin exports and sweeps that span tenants)."""
+        found: list[str] = []
+        start: Item | None = None
+        while True:
+            items, start = self.db.query(self.table, "gsi1pk = :p", {":p": "TENANTS"}, index="gsi1", start_key=start)
+            found.extend(i["tenant_id"] for i in items)
+            if start is None:
+                return found
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    """A tenant's governance settings (budgets, rate limits): pk `TENANT#<id>`, sk `GOVERNANCE`."""
+
+    db: Dynamo
+    table: str
+
+    @staticmethod
+    def _key(tenant_id: str) -> Item:
+        return {"pk": f"TENANT#{tenant_id}", "sk": "GOVERNANCE"}
+
+    def get(self, tenant_id: str) -> Item | None:
+        return self.db.get(self.table, self._key(tenant_id), consistent=True)
+
+    def put(self, tenant_id: str, governance: Item, *, updated_by: str, at: str) -> None:
+        item = {**self._key(tenant_id), "tenant_id": tenant_id, "governance": governance}
+        self.db.put(self.table, {**item, "updated_by": updated_by, "updated_at": at})
+
+
+@dataclass(frozen=True)
+class RateLimitBuckets:
+    """GCRA state per limited principal: pk `RATE#<tenant>#<scope>:<who>#<feature|*>`, sk `RATE`.
+
+    `tat_us` is the bucket's theoretical arrival time (epoch microseconds); `expires_at` lets
+    DynamoDB TTL drop idle buckets (an absent bucket is a full one, so late deletion is harmless).
+    """
+
+    db: Dynamo
+    table: str
+
+    @staticmethod
+    def key(bucket: str) -> Item:
+        return {"pk": f"RATE#{bucket}", "sk": "RATE"}
+
+    def take_from_idle(self, bucket: str, *, now_us: int, interval_us: int, expires_at: int) -> Item:
+        """The bucket had fully drained (or never existed): TAT restarts at now + interval."""
+        return self.db.update(
+            self.table,
+            self.key(bucket),
+            "SET tat_us = :tat, expires_at = :exp",
+            values={":tat": now_us + interval_us, ":now": now_us, ":exp": expires_at},
+            condition="attribute_not_exists(tat_us) OR tat_us <= :now",
+        )
+
+    def take_from_busy(self, bucket: str, *, now_us: int, interval_us: int, max_tat_us: int, expires_at: int) -> Item:
+        """The bucket is in use: TAT advances by one interval unless that would exceed the burst."""
+        return self.db.update(
+            self.table,
+            self.key(bucket),
+            "SET tat_us = tat_us + :i, expires_at = :exp",
+            values={":i": interval_us, ":now": now_us, ":max": max_tat_us, ":exp": expires_at},
+            condition="tat_us > :now AND tat_us <= :max",
+        )
+
+    def give_back(self, bucket: str, *, interval_us: int) -> None:
+        """Undo one admission (another limit refused the request)."""
+        with suppress(ConditionFailed):
+            self.db.update(
+                self.table,
+                self.key(bucket),
+                "SET tat_us = tat_us - :i",
+                values={":i": interval_us},
+                condition="attribute_exists(tat_us)",
+            )
+
+
+@dataclass(frozen=True)
+class BudgetCounters:
+    """One counter per budget and period: pk `BUDGET#<tenant>#<scope>`, sk `<YYYY-MM>`.
+
+    `headroom_micros` is limit − spent − reserved, kept in the item because DynamoDB conditions
+    cannot do arithmetic: a reservation is admitted by `headroom_micros >= :amount` in one write.
+    gsi1 (`TENANT#<id>`, `BUDGET#<period>#<scope>`) lists a tenant's counters for a period.
+    """
+
+    db: Dynamo
+    table: str
+
+    @staticmethod
+    def key(tenant_id: str, scope: str, period: str) -> Item:
+        return {"pk": f"BUDGET#{tenant_id}#{scope}", "sk": period}
+
+    def create(self, tenant_id: str, scope: str, period: str, *, limit_micros: int, thresholds: Item, at: str) -> None:
+        item = {
+            **self.key(tenant_id, scope, period),
+            "tenant_id": tenant_id,
+            "scope": scope,
+            "period": period,
+            "limit_micros": limit_micros,
+            "spent_micros": 0,
+            "reserved_micros": 0,
+            "headroom_micros": limit_micros,
+            "created_at": at,
+            "gsi1pk": f"TENANT#{tenant_id}",
+            "gsi1sk": f"BUDGET#{period}#{scope}",
+            **thresholds,
+        }
+        with suppress(ConditionFailed):  # created concurrently: same limit, same zero counters
+            self.db.put(self.table, item, condition="attribute_not_exists(pk)")
+
+    def get_many(self, tenant_id: str, scopes: list[str], period: str) -> list[Item]:
+        return self.db.batch_get(self.table, [self.key(tenant_id, s, period) for s in scopes])
+
+    def for_period(self, tenant_id: str, period: str, *, scope_prefix: str = "") -> list[Item]:
+        found: list[Item] = []
+        start: Item | None = None
+        while True:
+            items, start = self.db.query(
+                self.table,
+                "gsi1pk = :p AND begins_with(gsi1sk, :s)",
+                {":p": f"TENANT#{tenant_id}", ":s": f"BUDGET#{period}#{scope_prefix}"},
+                index="gsi1",
+                start_key=start,
+            )
+            found.extend(items)
+            if start is None:
+                return found
+
+    def reserve_tx(self, tenant_id: str, scope: str, period: str, amount: int) -> dict[str, Any]:
+        return tx_update(
+            self.table,
+            self.key(tenant_id, scope, period),
+            "ADD reserved_micros :a, headroom_micros :neg",
+            values={":a": amount, ":neg": -amount},
+            condition="headroom_micros >= :a",
+        )
+
+    def settle_tx(self, tenant_id: str, scope: str, period: str, *, released: int, cost: int) -> dict[str, Any]:
+        """Release `released` of the reservation and charge `cost` (headroom moves by the difference)."""
+        return tx_update(
+            self.table,
+            self.key(tenant_id, scope, period),
+            "ADD reserved_micros :r, spent_micros :c, headroom_micros :h",
+            values={":r": -released, ":c": cost, ":h": released - cost},
+            condition="attribute_exists(pk)",
+        )
+
+    def set_limit(self, tenant_id: str, scope: str, period: str, *, old: int, new: int, thresholds: Item) -> None:
+        """Change a live counter's limit; conditional on the old one so a race cannot lose a change."""
+        names = {f"#t{i}": k for i, k in enumerate(thresholds)}
+        values: Item = {":old": old, ":new": new, ":delta": new - old}
+        sets = ["limit_micros = :new"]
+        for i, v in enumerate(thresholds.values()):
+            values[f":t{i}"] = v
+            sets.append(f"#t{i} = :t{i}")
+        self.db.update(
+            self.table,
+            self.key(tenant_id, scope, period),
+            f"SET {', '.join(sets)} ADD headroom_micros :delta",
+            values=values,
+            names=names,
+            condition="limit_micros = :old",
+        )
+
+    def claim_alert(self, tenant_id: str, scope: str, period: str, threshold: int, *, at: str) -> bool:
+        """Marks `threshold` % as alerted if spend has reached it and nobody marked it before."""
+        try:
+            self.db.update(
+                self.table,
+                self.key(tenant_id, scope, period),
+                "SET #sent = :at",
+                values={":at": at},
+                names={"#sent": f"alerted_{threshold}", "#level": f"alert_at_{threshold}"},
+                condition="spent_micros >= #level AND attribute_not_exists(#sent)",
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def unclaim_alert(self, tenant_id: str, scope: str, period: str, threshold: int, *, at: str) -> None:
+        """Undo a claim whose message could not be sent, so a later check sends it."""
+        with suppress(ConditionFailed):
+            self.db.update(
+                self.table,
+                self.key(tenant_id, scope, period),
+                "REMOVE #sent",
+                values={":at": at},
+                names={"#sent": f"alerted_{threshold}"},
+                condition="#sent = :at",
+            )
+
+
+@dataclass(frozen=True)
+class Reservations:
+    """Open budget reservations: pk `RESV#<request_id>#<attempt>`, sk `RESV`.
+
+    gsi1 (`RESV#<shard>`, `<release_after>#<id>`) lets the sweeper find expired ones; 16 shards keep
+    the index's write load off a single partition. The deadline attribute is `release_after`, not
+    the table's TTL attribute: TTL would delete an orphan without giving its money back.
+    """
+
+    db: Dynamo
+    table: str
+    SHARDS = 16
+
+    @staticmethod
+    def key(reservation_id: str) -> Item:
+        return {"pk": f"RESV#{reservation_id}", "sk": "RESV"}
+
+    def put_tx(self, reservation_id: str, attributes: Item, *, release_after: int) -> dict[str, Any]:
+        shard = int(reservation_id.encode().hex()[-4:], 16) % self.SHARDS
+        item = {
+            **self.key(reservation_id),
+            **attributes,
+            "reservation_id": reservation_id,
+            "release_after": release_after,
+            "gsi1pk": f"RESV#{shard:02d}",
+            "gsi1sk": f"{release_after:012d}#{reservation_id}",
+        }
+        return tx_put(self.table, item, condition="attribute_not_exists(pk)")
+
+    def delete_tx(self, reservation_id: str) -> dict[str, Any]:
+        return tx_delete(self.table, self.key(reservation_id), condition="attribute_exists(pk)")
+
+    def expired(self, now_epoch: int) -> list[Item]:
+        found: list[Item] = []
+        for shard in range(self.SHARDS):
+            start: Item | None = None
+            while True:
+                items, start = self.db.query(
+                    self.table,
+                    "gsi1pk = :p AND gsi1sk < :s",
+                    {":p": f"RESV#{shard:02d}", ":s": f"{now_epoch:012d}#"},
+                    index="gsi1",
+                    start_key=start,
+                )
+                found.extend(items)
+                if start is None:
+                    break
+        return found
+
+
+@dataclass(frozen=True)
+class Rollups:
+    """Usage counters: Ledger table, pk `ROLLUP#<tenant>#<YYYY-MM>`, sk `<day>#<feature>#<model>#<user>`.
+
+    Updated in the same transaction as the ledger row they summarise, so they cannot drift from it.
+    """
+
+    db: Dynamo
+    table: str
+
+    @staticmethod
+    def key(tenant_id: str, day: str, feature: str, model: str, user_id: str) -> Item:
+        return {"pk": f"ROLLUP#{tenant_id}#{day[:7]}", "sk": f"{day}#{feature}#{model}#{user_id}"}
+
+    def add_tx(
+        self, tenant_id: str, *, day: str, feature: str, model: str, user_id: str, counters: dict[str, int]
+    ) -> dict[str, Any]:
+        names = {f"#c{i}": k for i, k in enumerate(counters)}
+        values: Item = {f":c{i}": v for i, v in enumerate(counters.values())}
+        values.update({":t": tenant_id, ":d": day, ":f": feature, ":m": model, ":u": user_id})
+        adds = ", ".join(f"#c{i} :c{i}" for i in range(len(counters)))
+        return tx_update(
+            self.table,
+            self.key(tenant_id, day, feature, model, user_id),
+            f"SET tenant_id = :t, #day = :d, feature = :f, #model = :m, user_id = :u ADD {adds}",
+            values=values,
+            names={**names, "#day": "day", "#model": "model"},
+        )
+
+    def days(
+        self, tenant_id: str, month: str, *, first_day: str | None = None, last_day: str | None = None
+    ) -> list[Item]:
+        """A month's rollup items, optionally only days in [first_day, last_day] (YYYY-MM-DD)."""
+        found: list[Item] = []
+        start: Item | None = None
+        low, high = first_day or f"{month}-00", last_day or f"{month}-31"
+        while True:
+            items, start = self.db.query(
+                self.table,
+                "pk = :p AND sk BETWEEN :lo AND :hi",
+                {":p": f"ROLLUP#{tenant_id}#{month}", ":lo": low, ":hi": f"{high}#\uffff"},
+                start_key=start,
+            )
+            found.extend(items)
+            if start is None:
+                return found
 
 
 @dataclass(frozen=True)
@@ -84,6 +377,11 @@ class LedgerRows:
 
     db: Dynamo
     table: str
+
+    def put_tx(self, tenant_id: str, month: str, row_id: str, attributes: Item) -> dict[str, Any]:
+        """The row as one item of a settlement transaction, conditional on its id."""
+        item = {"pk": f"TENANT#{tenant_id}#{month}", "sk": row_id, **attributes}
+        return tx_put(self.table, item, condition="attribute_not_exists(pk)")
 
     def put_once(self, tenant_id: str, month: str, row_id: str, attributes: Item) -> bool:
         """Writes the row unless it exists; False means it was already written (a replay)."""
