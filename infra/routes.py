@@ -18,6 +18,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """An EventBridge schedule invoking a function with `{"schedule": name}` (infra/schedules.py)."""
+
+    name: str
+    function: str
+    expression: str  # EventBridge syntax: rate(...) or cron(...)
+    description: str
+
+
+@dataclass(frozen=True)
 class Function:
     """One Lambda: its folder under functions/, and what it may touch (see infra/functions.py)."""
 
@@ -40,14 +50,28 @@ FUNCTIONS: tuple[Function, ...] = (
     Function(
         "generate",
         "Template-driven generation: render, cache, provider, ledger",
-        grants=("cache:readwrite", "ledger:write", "state:read", "secret:read"),
+        grants=("cache:readwrite", "ledger:write", "state:readwrite", "secret:read", "alerts:publish"),
     ),
     Function(
         "admin",
-        "Health, OpenAPI document and operator endpoints",
+        "Health, OpenAPI document and operator endpoints (tenant budgets and limits)",
         memory_mb=256,
         timeout_s=10,
-        grants=("cache:describe", "ledger:describe", "state:read"),
+        grants=("cache:describe", "ledger:describe", "state:readwrite"),
+    ),
+    Function(
+        "usage",
+        "Finance: budget status, usage totals, ledger exports (API and the monthly S3 export)",
+        memory_mb=1024,
+        timeout_s=29,
+        grants=("ledger:read", "state:read", "exports:write"),
+    ),
+    Function(
+        "sweeper",
+        "Releases orphaned budget reservations; sends budget alerts no request sent",
+        memory_mb=256,
+        timeout_s=60,
+        grants=("state:readwrite", "alerts:publish"),
     ),
     Function(
         "scoring_dispatch",
@@ -60,14 +84,34 @@ FUNCTIONS: tuple[Function, ...] = (
         "workflow",
         "Task states of the asynchronous job workflow",
         timeout_s=60,
-        grants=("cache:readwrite", "ledger:write", "state:readwrite", "secret:read"),
+        grants=("cache:readwrite", "ledger:write", "state:readwrite", "secret:read", "alerts:publish"),
     ),
 )
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/generate", "generate"),
+    Route("GET", "/v1/budget", "usage"),
+    Route("GET", "/v1/usage", "usage"),
+    Route("GET", "/v1/usage/export", "usage"),
+    Route("GET", "/v1/admin/tenants/{tenant_id}/governance", "admin"),
+    Route("PUT", "/v1/admin/tenants/{tenant_id}/governance", "admin"),
     Route("GET", "/v1/health", "admin", public=True),
     Route("GET", "/v1/openapi.json", "admin", public=True),
+)
+
+SCHEDULES: tuple[Schedule, ...] = (
+    Schedule(
+        "reservation-sweeper",
+        "sweeper",
+        "rate(1 minute)",
+        "Release budget reservations past their hold; send budget alerts that are due",
+    ),
+    Schedule(
+        "monthly-usage-export",
+        "usage",
+        "cron(0 3 1 * ? *)",
+        "Export last month's ledger of every tenant to the exports bucket (CSV + summary)",
+    ),
 )
 
 # The synchronous limit API Gateway puts on an integration; handlers plan their deadline from it.

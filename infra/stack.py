@@ -11,6 +11,7 @@ from infra.api import Api
 from infra.data import Data
 from infra.functions import Functions
 from infra.observability import Observability
+from infra.schedules import Schedules
 from infra.workflow import Workflow
 
 STACK_NAME = "AiGateway"
@@ -24,4 +25,5 @@ class AiGatewayStack(Stack):
         self.workflow = Workflow(self, "Workflow", handler=self.functions.by_name["workflow"])
         self.functions.bind_workflow(self.workflow.state_machine)
         self.api = Api(self, "Api", functions=self.functions)
+        self.schedules = Schedules(self, "Schedules", functions=self.functions)
         self.observability = Observability(self, "Observability", data=self.data)

@@ -1,5 +1,8 @@
 """`python -m infra.local serve`: the whole stack on http://127.0.0.1:$PORT (DESIGN §7).
 
+`python -m infra.local schedule <name>` fires a schedule (reservation-sweeper,
+monthly-usage-export) in the running stack.
+
 Environment: PORT (default 8000), DEMO_API_KEY (fix the demo tenant's key), OPENAI_API_KEY and
 OPENAI_BASE_URL (use a real OpenAI-compatible provider instead of the simulated one),
 SIM_FAULTS (fault plan for the simulated provider, JSON).
@@ -54,6 +57,21 @@ def serve(port: int) -> None:
             simulator.stop()
 
 
+def fire_schedule(name: str, port: int) -> None:
+    """Asks the running `serve` process to run one schedule (EventBridge has no clock locally)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/_local/schedules/{name}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - loopback only
+            print(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        sys.exit(f"schedule {name!r}: {exc.code} {exc.read().decode()}")
+    except urllib.error.URLError as exc:
+        sys.exit(f"no local stack on port {port} ({exc.reason}); start it with `make run`")
+
+
 def _banner(url: str, key: str, provider: str) -> str:
     body = (
         '{"template":"skill_assessment","variables":{"skill":"SQL",'
@@ -83,9 +101,14 @@ def main() -> None:
     serve_cmd = sub.add_parser("serve", help="serve the stack on loopback")
     serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     sub.add_parser("synth", help="synthesize the CDK template into build/cdk.out")
+    schedule_cmd = sub.add_parser("schedule", help="fire a schedule of the running stack now")
+    schedule_cmd.add_argument("name", help="e.g. reservation-sweeper, monthly-usage-export")
+    schedule_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     args = parser.parse_args()
     if args.command == "serve":
         serve(args.port)
+    elif args.command == "schedule":
+        fire_schedule(args.name, args.port)
     elif args.command == "synth":
         print(synthesize(force=True))
     else:  # pragma: no cover - argparse enforces the choices

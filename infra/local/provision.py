@@ -41,12 +41,20 @@ class EventSource:
 
 
 @dataclass
+class ScheduledTarget:
+    function: str
+    expression: str
+    input: dict[str, Any]
+
+
+@dataclass
 class Provisioned:
     physical: dict[str, str] = field(default_factory=dict)  # logical id -> Ref value
     arns: dict[str, str] = field(default_factory=dict)  # logical id -> Arn
     functions: dict[str, LocalFunction] = field(default_factory=dict)  # by function name
     event_sources: list[EventSource] = field(default_factory=list)
     state_machines: dict[str, str] = field(default_factory=dict)  # workflow name -> ARN
+    schedules: dict[str, ScheduledTarget] = field(default_factory=dict)  # schedule name -> target
 
     def function_by_arn_or_name(self, ref: str) -> LocalFunction | None:
         for f in self.functions.values():
@@ -253,6 +261,18 @@ class Provisioner:
         self.out.physical[logical_id] = arn
         self.out.arns[logical_id] = arn
         self.out.state_machines[metadata.get("aigateway:workflow", logical_id)] = arn
+
+    def _create_events_rule(self, logical_id: str, props: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """Schedules are not run on a clock locally: `LocalStack.run_schedule(name)` fires one."""
+        name = metadata.get("aigateway:schedule", logical_id)
+        for target in props.get("Targets", []):
+            function = self.out.function_by_arn_or_name(str(self.resolve(target["Arn"])))
+            if function is not None:
+                self.out.schedules[name] = ScheduledTarget(
+                    function.name, props.get("ScheduleExpression", ""), json.loads(target.get("Input") or "{}")
+                )
+        self.out.physical[logical_id] = f"local-{logical_id}"
+        self.out.arns[logical_id] = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{logical_id}"
 
 
 def _sub_names(text: str) -> list[str]:

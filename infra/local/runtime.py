@@ -135,6 +135,7 @@ class LocalStack:
         self.resources = Provisioner(template).run()
         self._configure_environment()
         self._route_step_functions_lambda_calls()
+        self._make_dynamodb_calls_atomic()
         for source in self.resources.event_sources:
             thread = threading.Thread(target=self._poll, args=(source,), name=f"sqs-{source.function}", daemon=True)
             thread.start()
@@ -145,6 +146,10 @@ class LocalStack:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        if hasattr(self, "_original_call_action"):
+            from moto.dynamodb.responses import DynamoHandler
+
+            DynamoHandler.call_action = self._original_call_action  # type: ignore[method-assign]
         if self._mock is not None:
             self._mock.stop()
             self._mock = None
@@ -243,6 +248,46 @@ class LocalStack:
 
         self._original_invoke = LambdaSimpleBackend.invoke
         LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign,assignment]
+
+    def _make_dynamodb_calls_atomic(self) -> None:
+        """DynamoDB applies each request atomically; moto's backend takes no lock at all.
+
+        Without this, two threads' conditional writes to one item can both pass their condition
+        (a budget admits more than its limit). One lock around each DynamoDB request restores the
+        guarantee the code relies on; moto requests take about a millisecond, so it costs little.
+        """
+        from moto.dynamodb.responses import DynamoHandler
+
+        original = DynamoHandler.call_action
+        lock = threading.RLock()
+
+        def call_action(handler: Any) -> Any:
+            with lock:
+                return original(handler)
+
+        self._original_call_action = original
+        DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+
+    # --- schedules ---------------------------------------------------------------------------
+    def run_schedule(self, name: str) -> Any:
+        """Fires one EventBridge schedule now: its function gets the rule's input, as on AWS."""
+        assert self.resources is not None
+        target = self.resources.schedules.get(name)
+        if target is None:
+            raise KeyError(f"no schedule {name!r} (known: {sorted(self.resources.schedules)})")
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": "123456789012",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": REGION,
+            "resources": [],
+            "detail": {},
+        }
+        # A rule with a constant Input delivers that Input instead of the scheduled event.
+        return self.invoke(target.function, target.input or event)
 
     # --- SQS event sources -----------------------------------------------------------------
     def _poll(self, source: Any) -> None:

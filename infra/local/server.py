@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from infra.local.apigateway import LocalApiGateway
+from infra.local.apigateway import HttpResponse, LocalApiGateway
+
+LOCAL_CONTROL = "/_local/schedules/"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -23,9 +26,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
-        response = self.gateway.handle(
-            self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
-        )
+        if self.path.startswith(LOCAL_CONTROL):
+            response = self._control()
+        else:
+            response = self.gateway.handle(
+                self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
+            )
         self.send_response(response.status)
         for key, value in response.headers.items():
             if key not in ("content-length", "connection", "transfer-encoding"):
@@ -33,6 +39,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(response.body)))
         self.end_headers()
         self.wfile.write(response.body)
+
+    def _control(self) -> HttpResponse:
+        """Local-only operator hooks (not part of the API): `POST /_local/schedules/<name>` fires a schedule."""
+        name = self.path[len(LOCAL_CONTROL) :].strip("/")
+        if self.command != "POST":
+            return HttpResponse(405, {"content-type": "application/json"}, b'{"message":"use POST"}')
+        try:
+            result = self.gateway.stack.run_schedule(name)
+        except KeyError as exc:
+            return HttpResponse(404, {"content-type": "application/json"}, json.dumps({"message": str(exc)}).encode())
+        return HttpResponse(200, {"content-type": "application/json"}, json.dumps(result).encode())
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

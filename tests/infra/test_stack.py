@@ -34,6 +34,7 @@ TAG_TABLE_ACTIONS: dict[str, tuple[str, set[str]]] = {
     "cache:describe": ("cache", {"dynamodb:DescribeTable"}),
     "ledger:write": ("ledger", {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"}),
     "ledger:describe": ("ledger", {"dynamodb:DescribeTable"}),
+    "ledger:read": ("ledger", {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}),
     "state:read": ("state", {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}),
     "state:readwrite": ("state", READ_ACTIONS - {"dynamodb:Scan"} | WRITE_ACTIONS - {"dynamodb:BatchWriteItem"}),
 }
@@ -302,12 +303,6 @@ def test_authorizer_cannot_write_anything_nor_touch_ledger_or_cache(
     assert tables["ledger"] not in touched and tables["cache"] not in touched
 
 
-def test_generate_cannot_write_the_state_table(resources: Resources, tables: dict[str, str]) -> None:
-    actions = table_actions(role_statements(resources, "generate"), tables["state"])
-    assert actions, "generate reads the State table"
-    assert not actions & WRITE_ACTIONS
-
-
 def test_ledger_writers_can_neither_read_nor_delete_ledger_rows(resources: Resources, tables: dict[str, str]) -> None:
     for spec in routes.FUNCTIONS:
         if "ledger:write" in spec.grants:
@@ -350,6 +345,36 @@ def test_only_workflow_starters_may_start_executions_and_read_the_secret_only_if
         assert starts == ("workflow:start" in spec.grants), spec.name
         reads_secret = any(secret_id in set(referenced_ids(s.get("Resource"))) for s in statements)
         assert reads_secret == ("secret:read" in spec.grants), spec.name
+
+
+def test_only_tagged_functions_publish_alerts_or_write_exports(resources: Resources, stack: Any) -> None:
+    topic_id = logical_id(stack, stack.data.alerts_topic)
+    bucket_id = logical_id(stack, stack.data.exports_bucket)
+    for spec in routes.FUNCTIONS:
+        statements = role_statements(resources, spec.name)
+        publishes = [s for s in statements if "sns:Publish" in as_list(s["Action"])]
+        assert bool(publishes) == ("alerts:publish" in spec.grants), spec.name
+        for s in publishes:
+            assert set(referenced_ids(s["Resource"])) == {topic_id}, spec.name
+        puts = [s for s in statements if "s3:PutObject" in as_list(s["Action"])]
+        assert bool(puts) == ("exports:write" in spec.grants), spec.name
+        for s in puts:
+            assert set(referenced_ids(s["Resource"])) == {bucket_id}, spec.name
+            assert "/usage/*" in json.dumps(s["Resource"]), "exports may only be written under usage/"
+
+
+def test_every_schedule_is_an_eventbridge_rule_invoking_its_function(resources: Resources) -> None:
+    rules = {
+        r.get("Metadata", {}).get("aigateway:schedule"): r for r in of_type(resources, "AWS::Events::Rule").values()
+    }
+    functions = lambda_functions(resources)
+    for schedule in routes.SCHEDULES:
+        rule = rules[schedule.name]["Properties"]
+        assert rule["ScheduleExpression"] == schedule.expression and rule["State"] == "ENABLED"
+        (target,) = rule["Targets"]
+        assert set(referenced_ids(target["Arn"])) == {functions[schedule.function][0]}
+        assert json.loads(target["Input"]) == {"schedule": schedule.name}
+        assert target["RetryPolicy"]["MaximumRetryAttempts"] == 2
 
 
 # --- API ---------------------------------------------------------------------------------------
@@ -467,7 +492,8 @@ def test_workflow_definition_retries_provider_errors_with_full_jitter_and_catche
     for name, action in actions.items():
         # payload_response_only: the Resource is the function ARN itself, the payload its Parameters.
         assert states[name]["Resource"] == "${" + workflow_fn_id + "}", name
-        assert states[name]["Parameters"] == {"action": action, "job.$": "$"}, name
+        # The retry count numbers the ledger attempt, so a retried provider call is billed once each.
+        assert states[name]["Parameters"] == {"action": action, "job.$": "$", "attempt.$": "$$.State.RetryCount"}, name
 
 
 def test_dlq_alarm_notifies_the_alerts_topic(resources: Resources, stack: Any) -> None:

@@ -26,6 +26,7 @@ class Settings(BaseModel):
     jobs_queue_url: str | None = Field(default=None, alias="JOBS_QUEUE_URL")
     workflow_arn: str | None = Field(default=None, alias="WORKFLOW_ARN")
     alerts_topic_arn: str | None = Field(default=None, alias="ALERTS_TOPIC_ARN")
+    exports_bucket: str | None = Field(default=None, alias="EXPORTS_BUCKET")
 
     # Provider selection: "auto" uses OpenAI when a key is available, else the simulated provider.
     provider: Literal["auto", "openai", "simulated"] = Field(default="auto", alias="PROVIDER")

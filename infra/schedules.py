@@ -1,0 +1,36 @@
+"""EventBridge schedules from `routes.SCHEDULES`: each invokes its function with `{"schedule": name}`."""
+
+from __future__ import annotations
+
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from constructs import Construct
+
+from infra import routes
+from infra.functions import Functions, construct_id
+
+METADATA_KEY = "aigateway:schedule"
+
+
+class Schedules(Construct):
+    def __init__(self, scope: Construct, construct_id_: str, *, functions: Functions) -> None:
+        super().__init__(scope, construct_id_)
+        self.rules: dict[str, events.Rule] = {}
+        for schedule in routes.SCHEDULES:
+            rule = events.Rule(
+                self,
+                construct_id(schedule.name.replace("-", "_")),
+                description=schedule.description,
+                schedule=events.Schedule.expression(schedule.expression),
+                targets=[
+                    targets.LambdaFunction(
+                        functions.by_name[schedule.function],
+                        event=events.RuleTargetInput.from_object({"schedule": schedule.name}),
+                        retry_attempts=2,
+                    )
+                ],
+            )
+            cfn = rule.node.default_child
+            assert isinstance(cfn, events.CfnRule)
+            cfn.add_metadata(METADATA_KEY, schedule.name)
+            self.rules[schedule.name] = rule
