@@ -1,14 +1,19 @@
-"""Lambda for operator endpoints: GET /v1/health (public) and GET /v1/openapi.json (public)."""
+"""Lambda for operator endpoints: health and OpenAPI (public), tenant governance (admin keys only)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 
+from admin.governance import GovernanceOut, get_governance, put_governance
 from admin.health import check_health, openapi_document
-from aigateway.api import create_app, entrypoint, json_response
+from aigateway.api import create_app, entrypoint, json_response, require_principal
+from aigateway.governance.config import Governance
+
+TENANT_ID = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Tenant id")
 
 app = create_app()
 
@@ -23,6 +28,26 @@ def get_health():  # type: ignore[no-untyped-def]
 def get_openapi():  # type: ignore[no-untyped-def]
     document: dict[str, Any] = openapi_document()
     return Response(status_code=200, content_type="application/json", body=json.dumps(document))
+
+
+@app.get(
+    "/v1/admin/tenants/<tenant_id>/governance",
+    summary="A tenant's budgets, rate limits and this month's budget counters (admin)",
+    tags=["admin"],
+)
+def get_tenant_governance(tenant_id: Annotated[str, TENANT_ID]) -> GovernanceOut:
+    return get_governance(require_principal(app), tenant_id)
+
+
+@app.put(
+    "/v1/admin/tenants/<tenant_id>/governance",
+    summary="Replace a tenant's budgets and rate-limit overrides (admin); applies at once",
+    tags=["admin"],
+)
+def put_tenant_governance(
+    tenant_id: Annotated[str, TENANT_ID], governance: Annotated[Governance, Body()]
+) -> GovernanceOut:
+    return put_governance(require_principal(app), tenant_id, governance)
 
 
 lambda_handler = entrypoint(app, public_routes=frozenset({"GET /v1/health", "GET /v1/openapi.json"}))

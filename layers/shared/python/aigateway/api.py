@@ -98,9 +98,10 @@ def _validation_error(exc: RequestValidationError) -> GatewayError:
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
         return InvalidJson("request body is not valid JSON", field="body")
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    # Powertools prefixes body fields with the parameter name; the client only knows the field.
-    if len(loc) > 1:
+    # Powertools locates an error as (<where>, <field path>…), where is body, path, query or header;
+    # a route's single body model is not embedded, so the path after "body" is the client's own.
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
         loc = loc[1:]
     field = ".".join(loc) or "body"
     if first.get("type") == "missing":

@@ -88,11 +88,11 @@ class GovernanceConfigs:
         self._cache: dict[str, tuple[float, Governance]] = {}
         self._lock = threading.Lock()
 
-    def get(self, tenant_id: str) -> Governance:
+    def get(self, tenant_id: str, *, fresh: bool = False) -> Governance:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(tenant_id)
-        if cached is not None and now - cached[0] < self.ttl_s:
+        if not fresh and cached is not None and now - cached[0] < self.ttl_s:
             return cached[1]
         item = self.settings.get(tenant_id)
         config = Governance.model_validate(item["governance"]) if item else Governance()
