@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -277,7 +278,7 @@ class Reservations:
         return {"pk": f"RESV#{reservation_id}", "sk": "RESV"}
 
     def put_tx(self, reservation_id: str, attributes: Item, *, release_after: int) -> dict[str, Any]:
-        shard = int(reservation_id.encode().hex()[-4:], 16) % self.SHARDS
+        shard = zlib.crc32(reservation_id.encode()) % self.SHARDS
         item = {
             **self.key(reservation_id),
             **attributes,
