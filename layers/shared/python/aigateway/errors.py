@@ -42,6 +42,40 @@ class InvalidJson(InvalidRequest):
     code = "invalid_json"
 
 
+class InvalidDate(InvalidRequest):
+    """A date is not a real calendar day in `YYYY-MM-DD` form."""
+
+    code = "invalid_date"
+
+
+class InvalidRange(InvalidRequest):
+    """A date range is reversed or longer than allowed."""
+
+    code = "invalid_range"
+
+
+class InvalidMonth(InvalidRequest):
+    """A month is not `YYYY-MM`, or has not begun yet."""
+
+    code = "invalid_month"
+
+
+class UnsupportedFormat(InvalidRequest):
+    code = "unsupported_format"
+
+
+class InvalidTenant(InvalidRequest):
+    """A tenant selector that cannot apply here (e.g. `*` where one tenant must be named)."""
+
+    code = "invalid_tenant"
+
+
+class InvalidCursor(InvalidRequest):
+    """A paging cursor that this request did not issue (malformed, or another scope or month)."""
+
+    code = "invalid_cursor"
+
+
 class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
     status = 413

@@ -400,6 +400,23 @@ class LedgerRows:
             self.table, "pk = :pk", {":pk": f"TENANT#{tenant_id}#{month}"}, limit=limit, start_key=start_key
         )
 
+    def page(self, tenant_id: str, month: str, *, after: str | None, limit: int) -> tuple[list[Item], str | None]:
+        """Up to `limit` rows of one tenant-month in row-id order, starting after row id `after`.
+
+        Returns the rows and, when DynamoDB stopped early (the limit or its 1 MB page), the row id
+        to continue after; None means the partition is exhausted. The partition key is built here
+        from the tenant and month, so a caller's position can never point into another partition.
+        """
+        pk = f"TENANT#{tenant_id}#{month}"
+        items, last = self.db.query(
+            self.table,
+            "pk = :pk",
+            {":pk": pk},
+            limit=limit,
+            start_key={"pk": pk, "sk": after} if after is not None else None,
+        )
+        return items, (str(last["sk"]) if last is not None else None)
+
 
 @dataclass(frozen=True)
 class Jobs:
