@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := layers/shared/python:functions:.
 
-.PHONY: install run test unit lint typecheck bench synth layers deploy clean
+.PHONY: install run test unit lint typecheck bench export synth layers deploy clean
 
 $(STAMP): requirements-dev.txt layers/deps/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +34,17 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy layers/shared/python/aigateway functions infra app.py bench
+	$(VENV)/bin/mypy layers/shared/python/aigateway functions infra app.py bench cli
 
 ## Benchmarks: gateway-added latency, cold start, DynamoDB calls per request.
 bench: install
 	$(PY) -m bench
+
+## A month's usage export to a local file: make export MONTH=YYYY-MM [FORMAT=jsonl] [TENANT=id|*] [OUT=path]
+## (key from $AIG_API_KEY, server from $AIG_BASE_URL, default the `make run` one).
+export: install
+	@test -n "$(MONTH)" || { echo "usage: make export MONTH=YYYY-MM [FORMAT=csv|jsonl] [TENANT=id|*] [OUT=path]"; exit 2; }
+	$(PY) -m cli export --month $(MONTH) $(if $(FORMAT),--format $(FORMAT)) $(if $(TENANT),--tenant '$(TENANT)') $(if $(OUT),--out $(OUT))
 
 layers: install
 	$(PY) -c "from infra.layers import build_deps_layer, build_shared_layer; print(build_deps_layer()); print(build_shared_layer())"

@@ -1,0 +1,1 @@
+"""Operator command line: `python -m cli <command>` (not shipped to Lambda)."""

@@ -1,0 +1,22 @@
+"""`python -m cli export --month YYYY-MM ...`: see `cli/export.py`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cli import export
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cli", description="AI Gateway operator commands")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export.add_parser(commands)
+    args = parser.parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
