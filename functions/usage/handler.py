@@ -1,12 +1,156 @@
 """Lambda for finance: GET /v1/budget, GET /v1/usage, GET /v1/usage/export; the monthly S3 export.
 
-(Being written: see the governance issue.)
+HTTP events go through the API resolver; the EventBridge rule `monthly-usage-export` invokes the
+same function with `{"schedule": "monthly-usage-export"}` (optionally `"month": "YYYY-MM"` to
+re-run a month). The logic is in `aigateway.governance.usage`.
 """
 
 from __future__ import annotations
 
-from aigateway.api import create_app, entrypoint
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
+
+from aigateway import deps
+from aigateway.api import JSON, create_app, entrypoint, require_principal
+from aigateway.governance.usage import (
+    CONTENT_TYPES,
+    DEFAULT_PAGE_SIZE,
+    EXPORT_COLUMNS,
+    MAX_PAGE_SIZE,
+    BudgetReport,
+    ExportPage,
+    S3Writer,
+    UsageReport,
+    UsageService,
+)
+from aigateway.observability import logger
+from aigateway.settings import ConfigurationError, get_settings
+from aigateway.store.dynamo import dynamo
+
+MONTHLY_EXPORT = "monthly-usage-export"
+TENANT_HELP = "Another tenant's id, or * for all tenants (admin keys only); default: the caller's tenant"
 
 app = create_app()
 
-lambda_handler = entrypoint(app)
+
+def service() -> UsageService:
+    r = deps.repos()
+    return UsageService(
+        rollups=r.rollups,
+        ledger=r.ledger,
+        tenants=r.tenants,
+        budgets=deps.budgets(),
+        configs=deps.governance_configs(),
+        db=dynamo(),
+    )
+
+
+@app.get("/v1/budget", summary="Budget status: limit, spent, reserved, remaining", tags=["finance"])
+def get_budget(
+    month: Annotated[str | None, Query(description="YYYY-MM; default: the current month (UTC)")] = None,
+    tenant: Annotated[str | None, Query(description="Another tenant's id (admin keys only)")] = None,
+) -> Response[BudgetReport]:
+    report = service().budget(require_principal(app), month=month, tenant=tenant)
+    return Response(200, JSON, report)
+
+
+@app.get("/v1/usage", summary="Usage totals by day, feature, model and user", tags=["finance"])
+def get_usage(
+    first: Annotated[
+        str | None, Query(alias="from", description="First day, YYYY-MM-DD; default: first of the month of 'to'")
+    ] = None,
+    last: Annotated[str | None, Query(alias="to", description="Last day, YYYY-MM-DD; default: today (UTC)")] = None,
+    tenant: Annotated[str | None, Query(description=TENANT_HELP)] = None,
+) -> Response[UsageReport]:
+    report = service().report(require_principal(app), first=first, last=last, tenant=tenant)
+    return Response(200, JSON, report)
+
+
+def _header(description: str, type_: str = "string") -> OpenAPIResponseHeader:
+    return {"description": description, "schema": {"type": type_}}
+
+
+EXPORT_RESPONSE: dict[int, OpenAPIResponse] = {
+    200: {
+        "description": (
+            "One page of the month's ledger rows, columns in this order: "
+            + ", ".join(EXPORT_COLUMNS)
+            + ". The CSV header row is on the first page only."
+        ),
+        "headers": {
+            "X-Next-Cursor": _header("Pass as `cursor` for the next page; absent on the last page"),
+            "Link": _header('The next page\'s URL, rel="next"; absent on the last page'),
+            "X-Export-Rows": _header("Rows in the whole export (month, tenant scope), from the rollups", "integer"),
+            "X-Export-Cost-Micros": _header("Cost of the whole export in micro-USD, from the rollups", "integer"),
+            "X-Export-Page-Rows": _header("Rows on this page", "integer"),
+        },
+        "content": {
+            CONTENT_TYPES["csv"]: {"schema": {"type": "string"}},
+            CONTENT_TYPES["jsonl"]: {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@app.get(
+    "/v1/usage/export",
+    summary="The month's ledger rows as CSV or JSONL, in pages",
+    tags=["finance"],
+    responses=EXPORT_RESPONSE,
+    compress=True,
+)
+def get_usage_export(
+    month: Annotated[str, Query(description="YYYY-MM (UTC), not in the future")],
+    fmt: Annotated[str, Query(alias="format", description="csv or jsonl")] = "csv",
+    cursor: Annotated[str | None, Query(description="X-Next-Cursor of the previous page")] = None,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Rows per page")] = DEFAULT_PAGE_SIZE,
+    tenant: Annotated[str | None, Query(description=TENANT_HELP)] = None,
+) -> Response[str]:
+    page = service().export_page(
+        require_principal(app), month=month, fmt=fmt, cursor=cursor, page_size=page_size, tenant=tenant
+    )
+    return Response(200, page.content_type, page.body, export_headers(page, page_size))
+
+
+def export_headers(page: ExportPage, page_size: int) -> dict[str, str]:
+    headers = {
+        "x-export-rows": str(page.total_rows),
+        "x-export-cost-micros": str(page.total_cost_micros),
+        "x-export-page-rows": str(page.rows),
+        "cache-control": "no-store",
+    }
+    if page.next_cursor is not None:
+        query = {"month": page.month, "format": page.fmt, "page_size": page_size, "cursor": page.next_cursor}
+        if page.scope != require_principal(app).tenant_id:
+            query["tenant"] = page.scope
+        headers["x-next-cursor"] = page.next_cursor
+        headers["link"] = f'</v1/usage/export?{urlencode(query)}>; rel="next"'
+    return headers
+
+
+_http_handler = entrypoint(app)
+
+
+@logger().inject_lambda_context(clear_state=True)
+def _scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if event["schedule"] != MONTHLY_EXPORT:
+        raise ValueError(f"unknown schedule {event['schedule']!r}")
+    bucket = get_settings().exports_bucket
+    if not bucket:
+        raise ConfigurationError("EXPORTS_BUCKET is not set")
+    summary = service().monthly_export(S3Writer(bucket), month=event.get("month"))
+    logger().info(
+        "monthly usage export written",
+        extra={"month": summary.month, "tenants": len(summary.tenants), "reconciled": summary.reconciled},
+    )
+    return summary.model_dump(mode="json")
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if "schedule" in event:
+        return _scheduled(event, context)
+    return _http_handler(event, context)
