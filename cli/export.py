@@ -139,6 +139,7 @@ def download(args: argparse.Namespace, out: Path) -> Tally:
         handle.flush()
         os.fsync(handle.fileno())
         handle.close()
+        os.chmod(handle.name, 0o666 & ~_umask())  # a temp file is private (0600); the export is not
         os.replace(handle.name, out)
     except BaseException:
         handle.close()
@@ -148,6 +149,12 @@ def download(args: argparse.Namespace, out: Path) -> Tally:
         if bar is not None:
             bar.close()
     return tally
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fetch(base_url: str, api_key: str, params: dict[str, str]) -> tuple[dict[str, str], bytes]:
