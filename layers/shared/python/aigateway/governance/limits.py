@@ -1,12 +1,13 @@
 """Rate limits: GCRA (the generic cell rate algorithm) on DynamoDB conditional writes.
 
-A limit of `limit` per `period_s` has an emission interval T = period / limit and admits a burst of
-`limit`. Each bucket stores one number, its theoretical arrival time (TAT). A request at `now` is
-admitted when max(TAT, now) + T <= now + period, and then TAT becomes max(TAT, now) + T.
+A limit of `limit` per `period_s` has an emission interval T = period / limit (whole µs, rounded
+up) and admits a burst of `limit`. Each bucket stores one number, its theoretical arrival time
+(TAT). With W = limit × T (the period, when the limit divides it), a request at `now` is admitted
+when max(TAT, now) + T <= now + W, and then TAT becomes max(TAT, now) + T.
 
 DynamoDB has no max(), so the update is one of two conditional writes:
 - idle bucket (TAT <= now or absent): `SET tat = now + T` if `tat <= now`;
-- busy bucket: `SET tat = tat + T` if `now < tat <= now + period - T`.
+- busy bucket: `SET tat = tat + T` if `now < tat <= now + W - T`.
 Whichever is tried first (guessed from this environment's last sight of the bucket), a failed
 condition returns the item as it was (ALL_OLD), which says exactly which branch applies or that
 the request must be refused — so it is never read-then-write, and concurrent Lambdas cannot admit
@@ -116,10 +117,13 @@ class RateLimiter:
         return self.conclude(self.db.parallel(*self.takers(subject, rules, now_us=now_us)))
 
     def _take(self, rule: RateLimitRule, bucket: str, now: int) -> Decision:
-        period = rule.period_s * US
-        interval = max(1, period // rule.limit)
-        max_tat = now + period - interval  # the latest TAT that still admits one more
-        expires_at = (now + period) // US + 60
+        # The interval is rounded *up* to whole µs and the burst window derived from it: with the
+        # interval rounded down, period // interval exceeded the limit whenever limit² > period in
+        # µs (1,500 per second admitted 1,501 at once, and 1,501.5 per second sustained).
+        interval = -(-rule.period_s * US // rule.limit)
+        window = interval * rule.limit  # >= the period; equal to it when the limit divides it
+        max_tat = now + window - interval  # the latest TAT that still admits one more
+        expires_at = (now + window) // US + 60
         with self._lock:
             seen = self._seen.get(bucket)
         idle_first = seen is None or seen <= now
@@ -143,7 +147,7 @@ class RateLimiter:
                 continue
             tat = int(item["tat_us"])
             self._remember(bucket, tat)
-            remaining = max(0, (now + period - tat) // interval)
+            remaining = max(0, (now + window - tat) // interval)
             return Decision(rule, bucket, True, int(remaining), (tat - now) / US, 0.0, interval)
         # Lost the race MAX_ATTEMPTS times: the bucket is contended right at its edge; refuse.
         return Decision(rule, bucket, False, 0, rule.period_s, interval / US, interval)
