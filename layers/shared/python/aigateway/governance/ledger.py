@@ -9,6 +9,7 @@ transaction — so nothing can be billed or counted twice.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import datetime
 from typing import Any, Literal
 
@@ -126,10 +127,36 @@ class Ledger:
                 return True
             except TransactionCancelled as cancelled:
                 if cancelled.failed(0):
-                    return False  # this row is already in the ledger: a replay, already settled
+                    # This row is already in the ledger: a replay, already settled. If this delivery's
+                    # reservation is still open, it was made afresh under the settled id and will never
+                    # be settled: give it back now rather than hold it until the sweeper's deadline.
+                    if reservation is not None and releasing and not cancelled.failed(2):
+                        self._release_replayed(reservation)
+                    return False
                 if releasing and cancelled.failed(2):
                     # The sweeper gave this reservation back already (the request outlived its hold):
                     # charge the cost without releasing it a second time.
                     releasing = False
                     continue
                 raise
+
+    def _release_replayed(self, reservation: Reservation) -> None:
+        """Releases the reservation of a replayed attempt (a duplicate run that missed the cache).
+
+        The delete is conditional on the stored record being exactly this reservation, so a stale
+        replay cannot release what another run reserved, and a sweep racing it cannot release twice.
+        """
+        ops = [
+            self.reservations.delete_tx(
+                reservation.reservation_id,
+                matching={
+                    "tenant_id": reservation.tenant_id,
+                    "period": reservation.period,
+                    "scopes": list(reservation.scopes),
+                    "amount": reservation.amount_micros,
+                },
+            ),
+            *charge_ops(self.counters, reservation, cost=0, released=reservation.amount_micros),
+        ]
+        with suppress(TransactionCancelled):  # released meanwhile, or not this reservation: nothing to do
+            self.db.transact(ops)

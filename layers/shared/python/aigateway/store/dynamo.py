@@ -147,8 +147,19 @@ def tx_update(
     return {"Update": op}
 
 
-def tx_delete(table: str, key: Item, *, condition: str | None = None) -> dict[str, Any]:
+def tx_delete(
+    table: str,
+    key: Item,
+    *,
+    condition: str | None = None,
+    values: Item | None = None,
+    names: dict[str, str] | None = None,
+) -> dict[str, Any]:
     op: dict[str, Any] = {"TableName": table, "Key": serialize(key)}
+    if values:
+        op["ExpressionAttributeValues"] = serialize(values)
+    if names:
+        op["ExpressionAttributeNames"] = names
     if condition:
         op["ConditionExpression"] = condition
         op["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"

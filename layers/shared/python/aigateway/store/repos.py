@@ -289,8 +289,20 @@ class Reservations:
         }
         return tx_put(self.table, item, condition="attribute_not_exists(pk)")
 
-    def delete_tx(self, reservation_id: str) -> dict[str, Any]:
-        return tx_delete(self.table, self.key(reservation_id), condition="attribute_exists(pk)")
+    def delete_tx(self, reservation_id: str, *, matching: Item | None = None) -> dict[str, Any]:
+        """Deletes the open reservation; with `matching`, only if its attributes are exactly these."""
+        if not matching:
+            return tx_delete(self.table, self.key(reservation_id), condition="attribute_exists(pk)")
+        names = {f"#m{i}": k for i, k in enumerate(matching)}
+        values = {f":m{i}": v for i, v in enumerate(matching.values())}
+        checks = " AND ".join(f"#m{i} = :m{i}" for i in range(len(matching)))
+        return tx_delete(
+            self.table,
+            self.key(reservation_id),
+            condition=f"attribute_exists(pk) AND {checks}",
+            values=values,
+            names=names,
+        )
 
     def expired(self, now_epoch: int) -> list[Item]:
         found: list[Item] = []
