@@ -5,11 +5,19 @@
    simulated provider with the `openai` SDK. Added latency = gateway − direct, same run.
 2. Cold start: importing the generate handler (and openai, boto3 for reference) in a fresh
    interpreter, median of 5; and whether the handler's import pulls in `openai`.
-3. DynamoDB calls and sequential phases per request (miss, hit).
+3. DynamoDB calls and sequential phases per request: the first request of a budget period, then
+   steady-state miss and hit (after that warm-up request), and after the governance config's
+   cache expires; each DynamoDB phase timed (bench/dynamo_calls.py).
 4. Peak RSS.
-Results also go to build/bench/results.json.
+5. Before vs after governance: the pre-governance commit's own bench in a git worktree, run as
+   baseline half, this tree, baseline half (A B A; bench/baseline.py), compared in one table.
+Results also go to build/bench/results.json (`summary` holds the headline figures).
+
+The bench tenants' rate limits and budget are set out of reach (bench/tenant.py): every request
+still takes from its three GCRA buckets and reserves/settles its budget, none is refused.
 
 Run: cd <repo> && PYTHONPATH=layers/shared/python:functions:. .venv/bin/python -m bench
+(BENCH_BASELINE_REF=<ref> compares against another commit; BENCH_BASELINE_REF=none skips section 5.)
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,9 +88,28 @@ def _command() -> str:
     return f"cd {ROOT} && {prefix}{python} -m bench"
 
 
+def _revision() -> dict[str, Any]:
+    """The commit measured as "after", and whether the working tree differs from it."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": git("rev-parse", "HEAD"), "uncommitted_changes": None if status is None else bool(status)}
+
+
+def _progress(message: str) -> None:
+    print(f"  … {message}", file=sys.stderr, flush=True)
+
+
 def _environment() -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
+        "revision": _revision(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -97,16 +125,30 @@ def _rss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
+def _peak_rss_self_mib() -> float:
+    """VmHWM (as the baseline's is measured, bench/baseline.py), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return _rss_mib(resource.RUSAGE_SELF)
+    return kib / 1024
+
+
 def main() -> int:
     wall_start = time.perf_counter()
     os.environ.update(QUIET_ENV)
     _bootstrap_path()
+    child_env = dict(os.environ)  # for the baseline's bench: taken before the stack sets anything
     env = _environment()
     print("Serverless AI Gateway benchmark")
     print(f"  python   : {env['python']} ({sys.executable})")
     print(f"  platform : {env['platform']}")
     print(f"  cpus     : {env['cpu_count']} (usable: {env['cpus_usable']}), load avg at start {env['loadavg_start']}")
     print(f"  command  : {env['command']}")
+    revision = env["revision"]
+    dirty = " + uncommitted changes" if revision["uncommitted_changes"] else ""
+    print(f"  revision : {revision['sha']}{dirty}")
     print("  note     : shared, noisy machine; compare ratios and differences within this run, not across runs")
 
     phases: dict[str, float] = {}
@@ -114,27 +156,38 @@ def main() -> int:
     # --- 0. the synthesized template (skipped when nothing changed) ------------------------
     from infra.local.runtime import synthesize
 
+    _progress("synthesizing (skipped when nothing changed)")
     t = time.perf_counter()
     with _quiet_fds():
         template = synthesize()
     phases["synthesize_s"] = time.perf_counter() - t
 
-    # --- 2. cold start, first: no server threads running yet --------------------------------
+    # --- 5. the baseline's worktree (before governance), if git has it ----------------------
+    from bench.baseline import BaselineRun
+
+    baseline = BaselineRun(child_env, ROUNDS, WARMUP_ROUNDS, _progress)
+    baseline_root = baseline.prepare(phases)
+
+    # --- 2. cold start, first: no server threads running yet (baseline's handler interleaved)
     from bench import coldstart
 
+    _progress("cold start")
     t = time.perf_counter()
-    imports = coldstart.measure(COLD_START_RUNS)
+    imports = coldstart.measure(COLD_START_RUNS, baseline_root)
     phases["cold_start_s"] = time.perf_counter() - t
+
+    # --- 5, first half of the baseline (A B A: baseline, this tree, baseline) ----------------
+    baseline.first_half(phases)
 
     # --- 1 & 3. the stack on moto, the simulator, the loopback HTTP server --------------------
     from aigateway.llm.simulated import SimulatedProviderServer
-    from bench import dynamo_calls
+    from bench import dynamo_calls, tenant
     from bench.latency import LatencyBench, NoDelayHttpServer, RecordingProvider
     from infra.local.apigateway import LocalApiGateway
     from infra.local.runtime import LocalStack
-    from infra.local.seed import seed_demo_tenant
     from infra.local.server import LocalHttpServer
 
+    _progress(f"this tree: {ROUNDS} rounds of latency, then DynamoDB calls")
     t = time.perf_counter()
     recorder = RecordingProvider()
     simulator = SimulatedProviderServer(recorder)
@@ -145,7 +198,7 @@ def main() -> int:
     nodelay: LocalHttpServer | None = None
     bench: LatencyBench | None = None
     try:
-        demo = seed_demo_tenant("aig_bench_key_0123456789abcdef")
+        demo = tenant.seed("aig_bench_key_0123456789abcdef", tenant_id="demo")
         gateway = LocalApiGateway(stack)
         server = LocalHttpServer(gateway, port=0)
         gateway_url = server.start()
@@ -159,7 +212,7 @@ def main() -> int:
         phases["latency_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        ddb = dynamo_calls.measure(stack, gateway, demo.api_key)
+        ddb = dynamo_calls.measure(stack, gateway)
         phases["dynamodb_s"] = time.perf_counter() - t
     finally:
         if bench is not None:
@@ -169,25 +222,56 @@ def main() -> int:
                 http_server.stop()
         stack.stop()
         simulator.stop()
+    rss_self = _peak_rss_self_mib()
 
-    rss_self = _rss_mib(resource.RUSAGE_SELF)
+    # --- 5, second half of the baseline, then the comparison ---------------------------------
+    baseline.second_half(phases)
+    before_after = baseline.compare(latency, ddb, imports, rss_self)
+
     rss_children = _rss_mib(resource.RUSAGE_CHILDREN)
     env["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     total_s = time.perf_counter() - wall_start
 
     from bench.report import render
 
-    print(render(env, latency, imports, ddb, rss_self, rss_children, phases, total_s))
-    results = _results(env, latency, imports, ddb, rss_self, rss_children, phases, total_s)
+    print(render(env, latency, imports, ddb, rss_self, rss_children, phases, total_s, before_after))
+    results = _results(env, latency, imports, ddb, rss_self, rss_children, phases, total_s, before_after)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {os.path.relpath(RESULTS, ROOT)}    total run time {total_s:.1f} s")
-    return 1 if latency.errors else 0
+    problems = latency.errors or [note for count in ddb for note in count.notes]
+    return 1 if problems else 0
+
+
+def _summary(latency: Any, ddb: Any, rss_self: float, before_after: Any) -> dict[str, Any]:
+    """The headline figures in one place."""
+    from bench.dynamo_calls import targets
+
+    by_key = {count.key: count for count in ddb}
+    before = {row.metric: row.before for row in before_after.rows} if before_after.rows else {}
+    added = {}
+    for c in latency.comparisons:
+        if "diag." in c.name:
+            continue
+        for stat in ("p50", "p99"):
+            metric = f"added {stat}, {c.name}"
+            added[metric] = {"after_ms": round(getattr(c, f"added_{stat}_ms"), 3), "before_ms": before.get(metric)}
+            if added[metric]["before_ms"] is not None:
+                added[metric]["before_ms"] = round(added[metric]["before_ms"], 3)
+    return {
+        "dynamodb": {key: {"calls": count.calls, "phases": count.phases} for key, count in by_key.items()},
+        "dynamodb_phase_targets": targets(ddb),
+        "added_latency_ms": added,
+        "peak_rss_mib": round(rss_self, 1),
+        "peak_rss_mib_before": before.get("peak RSS, bench process"),
+        "baseline": before_after.to_json_brief(),
+    }
 
 
 def _results(env: Any, latency: Any, imports: Any, ddb: Any, rss_self: float, rss_children: float,
-             phases: dict[str, float], total_s: float) -> dict[str, Any]:  # fmt: skip
+             phases: dict[str, float], total_s: float, before_after: Any) -> dict[str, Any]:  # fmt: skip
     return {
+        "summary": _summary(latency, ddb, rss_self, before_after),
         "environment": env,
         "latency": {
             "rounds": latency.rounds,
@@ -201,6 +285,7 @@ def _results(env: Any, latency: Any, imports: Any, ddb: Any, rss_self: float, rs
         "cold_start": [i.to_json() for i in imports],
         "dynamodb_per_request": [d.to_json() for d in ddb],
         "memory": {"peak_rss_mib": round(rss_self, 1), "peak_rss_children_mib": round(rss_children, 1)},
+        "baseline": before_after.to_json(),
         "phases_s": {k: round(v, 2) for k, v in phases.items()},
         "total_s": round(total_s, 1),
     }

@@ -1,4 +1,9 @@
-"""Cold-start import cost, each sample in a fresh interpreter (no shared module cache)."""
+"""Cold-start import cost, each sample in a fresh interpreter (no shared module cache).
+
+With a baseline tree (bench/baseline.py), its `generate.handler` is imported in the same
+round-robin as this tree's modules (its own PYTHONPATH and cwd), so before and after see the same
+machine at the same moments.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from typing import Any
 from bench.stats import median
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in ("layers/shared/python", "functions", "."))
+IMPORT_ROOTS = ("layers/shared/python", "functions", ".")
+PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in IMPORT_ROOTS)
 # What the generate function's environment holds in AWS; dummy values, nothing is called at import.
 HANDLER_ENV = {
     "CACHE_TABLE": "bench-cache",
@@ -41,6 +47,7 @@ print(json.dumps({{"s": elapsed, "loaded": {{m: m in sys.modules for m in {probe
 """
 PROBE = ("openai", "boto3", "botocore", "httpx", "pydantic", "aws_lambda_powertools", "tiktoken", "moto")
 MODULES = ("generate.handler", "openai", "boto3")
+HANDLER = "generate.handler"
 
 
 @dataclass
@@ -49,9 +56,11 @@ class ImportTiming:
     import_s: list[float]
     process_s: list[float]
     loaded: dict[str, bool]
+    tree: str = "this"  # or "baseline"
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "tree": self.tree,
             "module": self.module,
             "import_ms_median": round(median(self.import_s) * 1000, 1),
             "process_wall_ms_median": round(median(self.process_s) * 1000, 1),
@@ -60,19 +69,19 @@ class ImportTiming:
         }
 
 
-def _env() -> dict[str, str]:
+def _env(root: Path = ROOT) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENAI_", "SIMULATOR_"))}
     env.update(HANDLER_ENV)
-    env["PYTHONPATH"] = PYTHONPATH
+    env["PYTHONPATH"] = os.pathsep.join(str(root / p) for p in IMPORT_ROOTS)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
-def _once(module: str, env: dict[str, str]) -> tuple[float, float, dict[str, bool]]:
+def _once(module: str, env: dict[str, str], root: Path = ROOT) -> tuple[float, float, dict[str, bool]]:
     code = _SNIPPET.format(module=module, probe=PROBE)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -81,20 +90,24 @@ def _once(module: str, env: dict[str, str]) -> tuple[float, float, dict[str, boo
     return float(result["s"]), wall, dict(result["loaded"])
 
 
-def measure(runs: int = 5) -> list[ImportTiming]:
+def measure(runs: int = 5, baseline_root: Path | None = None) -> list[ImportTiming]:
     """`runs` fresh interpreters per module, interleaved round-robin so drift hits all alike.
 
     One unmeasured round first writes any missing .pyc files (Lambda ships them precompiled too).
+    With `baseline_root`, that tree's generate.handler joins the round-robin (tree="baseline").
     """
-    env = _env()
-    for module in MODULES:
-        _once(module, env)
-    timings = {m: ImportTiming(m, [], [], {}) for m in MODULES}
+    series: list[tuple[str, str, Path]] = [("this", m, ROOT) for m in MODULES]
+    if baseline_root is not None:
+        series.append(("baseline", HANDLER, baseline_root))
+    envs = {root: _env(root) for _, _, root in series}
+    for _, module, root in series:
+        _once(module, envs[root], root)
+    timings = {(tree, m): ImportTiming(m, [], [], {}, tree) for tree, m, _ in series}
     for _ in range(runs):
-        for module in MODULES:
-            seconds, wall, loaded = _once(module, env)
-            timing = timings[module]
+        for tree, module, root in series:
+            seconds, wall, loaded = _once(module, envs[root], root)
+            timing = timings[(tree, module)]
             timing.import_s.append(seconds)
             timing.process_s.append(wall)
             timing.loaded = loaded
-    return [timings[m] for m in MODULES]
+    return [timings[(tree, m)] for tree, m, _ in series]

@@ -138,6 +138,28 @@ COMPARISONS = (
 )
 
 
+def compare(samples: Mapping[str, list[float]]) -> tuple[dict[str, Summary], list[Comparison]]:
+    """Summaries per row and the gateway − direct comparisons; samples of one row align by round."""
+    summaries = {name: summarize(values) for name, values in samples.items()}
+    comparisons = []
+    for label, gw, base in COMPARISONS:
+        g, b = summaries[gw], summaries[base]
+        paired = [x - y for x, y in zip(samples[gw], samples[base], strict=True)]
+        comparisons.append(
+            Comparison(
+                label,
+                gw,
+                base,
+                added_p50_ms=g.p50_ms - b.p50_ms,
+                added_p99_ms=g.p99_ms - b.p99_ms,
+                added_mean_ms=g.mean_ms - b.mean_ms,
+                ratio_p50=g.p50_ms / b.p50_ms,
+                paired_median_delta_ms=median(paired),
+            )
+        )
+    return summaries, comparisons
+
+
 class LatencyBench:
     def __init__(self, gateway: LocalApiGateway, gateway_url: str, nodelay_url: str, provider_url: str,
                  api_key: str, recorder: RecordingProvider) -> None:  # fmt: skip
@@ -243,23 +265,7 @@ class LatencyBench:
                 elapsed = op(r)
                 if r >= warmup:
                     samples[name].append(elapsed)
-        summaries = {name: summarize(values) for name, values in samples.items()}
-        comparisons = []
-        for label, gw, base in COMPARISONS:
-            g, b = summaries[gw], summaries[base]
-            paired = [x - y for x, y in zip(samples[gw], samples[base], strict=True)]
-            comparisons.append(
-                Comparison(
-                    label,
-                    gw,
-                    base,
-                    added_p50_ms=g.p50_ms - b.p50_ms,
-                    added_p99_ms=g.p99_ms - b.p99_ms,
-                    added_mean_ms=g.mean_ms - b.mean_ms,
-                    ratio_p50=g.p50_ms / b.p50_ms,
-                    paired_median_delta_ms=median(paired),
-                )
-            )
+        summaries, comparisons = compare(samples)
         return LatencyResult(
             rounds=rounds,
             warmup_rounds=warmup,
