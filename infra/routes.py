@@ -61,9 +61,16 @@ FUNCTIONS: tuple[Function, ...] = (
     ),
     Function(
         "usage",
-        "Finance: budget status, usage totals, ledger exports (API and the monthly S3 export)",
+        "Finance: budget status, usage totals, paged ledger exports",
         memory_mb=1024,
         timeout_s=29,
+        grants=("ledger:read", "state:read"),
+    ),
+    Function(
+        "exporter",
+        "Scheduled: last month's ledger of every tenant to the exports bucket (CSV + summary)",
+        memory_mb=1024,
+        timeout_s=900,
         grants=("ledger:read", "state:read", "exports:write"),
     ),
     Function(
@@ -108,7 +115,7 @@ SCHEDULES: tuple[Schedule, ...] = (
     ),
     Schedule(
         "monthly-usage-export",
-        "usage",
+        "exporter",
         "cron(0 3 1 * ? *)",
         "Export last month's ledger of every tenant to the exports bucket (CSV + summary)",
     ),

@@ -1,13 +1,12 @@
-"""Lambda for finance: GET /v1/budget, GET /v1/usage, GET /v1/usage/export; the monthly S3 export.
+"""Lambda for finance: GET /v1/budget, GET /v1/usage, GET /v1/usage/export.
 
-HTTP events go through the API resolver; the EventBridge rule `monthly-usage-export` invokes the
-same function with `{"schedule": "monthly-usage-export"}` (optionally `"month": "YYYY-MM"` to
-re-run a month). The logic is in `aigateway.governance.usage`.
+The logic is in `aigateway.governance.usage`; the monthly S3 export runs in `functions/exporter`
+(a whole month needs more than the 29 s an HTTP function may take).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlencode
 
 from aws_lambda_powertools.event_handler import Response
@@ -23,13 +22,8 @@ from aigateway.governance.usage import (
     MAX_PAGE_SIZE,
     BudgetReport,
     ExportPage,
-    S3Writer,
     UsageReport,
-    UsageService,
 )
-from aigateway.observability import logger
-from aigateway.settings import ConfigurationError, get_settings
-from aigateway.store.dynamo import dynamo
 
 MONTHLY_EXPORT = "monthly-usage-export"
 TENANT_HELP = "Another tenant's id, or * for all tenants (admin keys only); default: the caller's tenant"
@@ -37,24 +31,12 @@ TENANT_HELP = "Another tenant's id, or * for all tenants (admin keys only); defa
 app = create_app()
 
 
-def service() -> UsageService:
-    r = deps.repos()
-    return UsageService(
-        rollups=r.rollups,
-        ledger=r.ledger,
-        tenants=r.tenants,
-        budgets=deps.budgets(),
-        configs=deps.governance_configs(),
-        db=dynamo(),
-    )
-
-
 @app.get("/v1/budget", summary="Budget status: limit, spent, reserved, remaining", tags=["finance"])
 def get_budget(
     month: Annotated[str | None, Query(description="YYYY-MM; default: the current month (UTC)")] = None,
     tenant: Annotated[str | None, Query(description="Another tenant's id (admin keys only)")] = None,
 ) -> Response[BudgetReport]:
-    report = service().budget(require_principal(app), month=month, tenant=tenant)
+    report = deps.usage_service().budget(require_principal(app), month=month, tenant=tenant)
     return Response(200, JSON, report)
 
 
@@ -66,7 +48,7 @@ def get_usage(
     last: Annotated[str | None, Query(alias="to", description="Last day, YYYY-MM-DD; default: today (UTC)")] = None,
     tenant: Annotated[str | None, Query(description=TENANT_HELP)] = None,
 ) -> Response[UsageReport]:
-    report = service().report(require_principal(app), first=first, last=last, tenant=tenant)
+    report = deps.usage_service().report(require_principal(app), first=first, last=last, tenant=tenant)
     return Response(200, JSON, report)
 
 
@@ -110,7 +92,7 @@ def get_usage_export(
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Rows per page")] = DEFAULT_PAGE_SIZE,
     tenant: Annotated[str | None, Query(description=TENANT_HELP)] = None,
 ) -> Response[str]:
-    page = service().export_page(
+    page = deps.usage_service().export_page(
         require_principal(app), month=month, fmt=fmt, cursor=cursor, page_size=page_size, tenant=tenant
     )
     return Response(200, page.content_type, page.body, export_headers(page, page_size))
@@ -132,25 +114,4 @@ def export_headers(page: ExportPage, page_size: int) -> dict[str, str]:
     return headers
 
 
-_http_handler = entrypoint(app)
-
-
-@logger().inject_lambda_context(clear_state=True)
-def _scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    if event["schedule"] != MONTHLY_EXPORT:
-        raise ValueError(f"unknown schedule {event['schedule']!r}")
-    bucket = get_settings().exports_bucket
-    if not bucket:
-        raise ConfigurationError("EXPORTS_BUCKET is not set")
-    summary = service().monthly_export(S3Writer(bucket), month=event.get("month"))
-    logger().info(
-        "monthly usage export written",
-        extra={"month": summary.month, "tenants": len(summary.tenants), "reconciled": summary.reconciled},
-    )
-    return summary.model_dump(mode="json")
-
-
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    if "schedule" in event:
-        return _scheduled(event, context)
-    return _http_handler(event, context)
+lambda_handler = entrypoint(app)

@@ -383,7 +383,7 @@ def test_monthly_export_writes_csv_and_a_reconciled_summary_to_s3(client: Client
     }
     # And a re-run for an explicit month (this one) works the same way
     client.post("/v1/generate", SKILL)
-    rerun = stack.invoke("usage", {"schedule": "monthly-usage-export", "month": this_month()})
+    rerun = stack.invoke("exporter", {"schedule": "monthly-usage-export", "month": this_month()})
     assert rerun["month"] == this_month() and {t["tenant_id"]: t["rows"] for t in rerun["tenants"]}["demo"] == 1
     assert next(t for t in rerun["tenants"] if t["tenant_id"] == "demo")["reconciled"] is True
 

@@ -16,6 +16,7 @@ from aigateway.governance.budgets import Budgets
 from aigateway.governance.config import GovernanceConfigs
 from aigateway.governance.ledger import Ledger
 from aigateway.governance.limits import RateLimiter
+from aigateway.governance.usage import UsageService
 from aigateway.llm.client import provider_client
 from aigateway.prompts.registry import TemplateRegistry, get_registry
 from aigateway.settings import get_settings
@@ -83,6 +84,19 @@ def ledger() -> Ledger:
 
 
 @lru_cache(maxsize=1)
+def usage_service() -> UsageService:
+    r = repos()
+    return UsageService(
+        rollups=r.rollups,
+        ledger=r.ledger,
+        tenants=r.tenants,
+        budgets=budgets(),
+        configs=governance_configs(),
+        db=dynamo(),
+    )
+
+
+@lru_cache(maxsize=1)
 def budget_alerts() -> BudgetAlerts:
     return BudgetAlerts(repos().budgets, sns_publisher(get_settings().alerts_topic_arn))
 
@@ -118,6 +132,7 @@ def reset() -> None:
         budgets,
         ledger,
         budget_alerts,
+        usage_service,
         completions,
         get_registry,
         client.provider_config,
