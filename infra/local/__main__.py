@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from infra.local.apigateway import LocalApiGateway
 from infra.local.runtime import LocalStack, synthesize
@@ -73,6 +74,7 @@ def fire_schedule(name: str, port: int) -> None:
 
 
 def _banner(url: str, key: str, provider: str) -> str:
+    month = time.strftime("%Y-%m", time.gmtime())
     body = (
         '{"template":"skill_assessment","variables":{"skill":"SQL",'
         '"question":"What does a LEFT JOIN return?",'
@@ -81,7 +83,7 @@ def _banner(url: str, key: str, provider: str) -> str:
     return f"""
 Serverless AI Gateway is running on the embedded runtime at {url}
   model provider : {provider}
-  demo tenant    : demo (role admin)
+  demo tenant    : demo (role admin: may also change budgets and limits, export across tenants)
   demo API key   : {key}
 
 Try it:
@@ -89,7 +91,11 @@ Try it:
   curl -s {url}/v1/generate -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
        -d '{body}'
   # the same request again is a cache hit ("cached": true, cost 0)
+  curl -s {url}/v1/budget -H 'Authorization: Bearer {key}'
+  curl -s "{url}/v1/usage/export?month={month}&format=csv" -H 'Authorization: Bearer {key}'
+  curl -s {url}/v1/admin/tenants/demo/governance -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/openapi.json | head -c 400
+  # schedules do not tick locally; fire one: python -m infra.local schedule reservation-sweeper
 
 Ctrl-C stops it (state lives in memory and starts fresh next time).
 """
