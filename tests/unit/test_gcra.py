@@ -65,7 +65,7 @@ def admitted(lim: RateLimiter, rule: RateLimitRule, now_us: int) -> bool:
 
 # (limit, period): even divisions, and limits whose emission interval is not a whole µs — where
 # rounding the interval down let a burst exceed the limit (1,500 per second admitted 1,501).
-LIMITS = [(5, 10), (12, 3600), (120, 60), (7, 60), (1500, 1), (3000, 1), (4001, 3), (86_399, 86_400)]
+LIMITS = [(5, 10), (12, 3600), (120, 60), (7, 60), (1500, 1), (3000, 1), (4001, 3), (9_999, 3)]
 
 
 @pytest.mark.parametrize(("limit", "period_s"), LIMITS)
