@@ -68,7 +68,7 @@ def generate(
             "type": "json_schema",
             "json_schema": {"name": template.name, "schema": template.output_schema, "strict": True},
         }
-    ctx = replace(ctx, feature=FEATURE, template=template.ref)
+    ctx = replace(ctx, template=template.ref)  # the caller names the feature (generate, jobs …)
     result = completions.complete(
         ctx,
         CompletionSpec(
