@@ -182,7 +182,7 @@ class Completions:
         reservation = self.budgets.reserve(
             f"{ctx.request_id}#{ctx.attempt:02d}", p.tenant_id, scopes, self._worst_case(spec, price), now
         )
-        config_, client = self.llm()
+        provider_cfg, client = self.llm()
         timeout = ctx.deadline.budget_for_call(spec.timeout_ceiling_s)
         try:
             reply = chat_completion(
@@ -196,7 +196,7 @@ class Completions:
         except GatewayError as exc:
             # One ledger row per attempt, failures included; a failed call is not billed.
             failed = self._entry(
-                ctx, spec.model, config_.name, "failure", Usage(0, 0, 0), 0, None, started, now, error=exc.code
+                ctx, spec.model, provider_cfg.name, "failure", Usage(0, 0, 0), 0, None, started, now, error=exc.code
             )
             self._settle(ctx, failed, reservation, snapshot)
             raise
@@ -204,7 +204,7 @@ class Completions:
         cost = cost_micros(
             price, input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens, output_tokens=usage.output_tokens
         )
-        provider = "simulated" if reply.simulated else config_.name
+        provider = "simulated" if reply.simulated else provider_cfg.name
         price_from = price.effective_from.isoformat()
         try:
             output = spec.validate(reply.content)
