@@ -17,7 +17,7 @@ from aigateway.completion import CompletionSpec as Spec
 from aigateway.generation import GenerateRequest, generate
 from aigateway.governance.budgets import period_of
 from aigateway.governance.config import BudgetSettings, Governance, RateLimitRule
-from aigateway.governance.ledger import ROLLUP_COUNTERS
+from aigateway.governance.ledger import ROLLUP_COUNTERS, LedgerEntry
 from aigateway.governance.pricing import cost_micros, price_for
 from aigateway.llm import tokens
 from aigateway.llm.catalog import get_model
@@ -37,6 +37,31 @@ LOOSE_LIMITS = (
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def success_entry(
+    request_id: str, *, tenant_id: str, cost: int, user_id: str = "u1", attempt: int = 0, at: datetime | None = None
+) -> LedgerEntry:
+    """A billed gpt-4o-mini success row, as a request would settle it."""
+    return LedgerEntry(
+        request_id=request_id,
+        attempt=attempt,
+        tenant_id=tenant_id,
+        user_id=user_id,
+        key_id="k1",
+        feature="generate",
+        template=None,
+        model="gpt-4o-mini",
+        provider="simulated",
+        outcome="success",
+        input_tokens=1000,
+        cached_tokens=0,
+        output_tokens=100,
+        cost_micros=cost,
+        price_effective_from="2024-07-18",
+        latency_ms=10,
+        created_at=at or now(),
+    )
 
 
 def period() -> str:

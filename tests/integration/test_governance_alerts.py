@@ -18,7 +18,6 @@ from aigateway import deps
 from aigateway.governance.alerts import BudgetAlerts
 from aigateway.governance.budgets import THRESHOLDS, scopes_for
 from aigateway.governance.config import BudgetSettings
-from aigateway.governance.ledger import LedgerEntry
 from infra.local.apigateway import LocalApiGateway
 from infra.local.runtime import LocalStack
 from tests.integration.governance_support import (
@@ -29,6 +28,7 @@ from tests.integration.governance_support import (
     period,
     queue_worst_case_answers,
     skill,
+    success_entry,
     worst_case,
 )
 
@@ -66,25 +66,7 @@ def spend(tenant_id: str, user_id: str, cost: int, i: int) -> None:
     """Charges `cost` the way a request does: reserve, then settle a ledger row."""
     config = deps.governance_configs().get(tenant_id)
     at = now()
-    e = LedgerEntry(
-        request_id=f"01ALERTSPEND{i:014d}",
-        attempt=0,
-        tenant_id=tenant_id,
-        user_id=user_id,
-        key_id="k1",
-        feature="generate",
-        template=None,
-        model="gpt-4o-mini",
-        provider="simulated",
-        outcome="success",
-        input_tokens=1000,
-        cached_tokens=0,
-        output_tokens=100,
-        cost_micros=cost,
-        price_effective_from="2024-07-18",
-        latency_ms=10,
-        created_at=at,
-    )
+    e = success_entry(f"01ALERTSPEND{i:014d}", tenant_id=tenant_id, user_id=user_id, cost=cost, at=at)
     scopes = scopes_for(config, user_id=user_id, feature="generate")
     reservation = deps.budgets().reserve(e.row_id, tenant_id, scopes, cost, at)
     assert deps.ledger().settle(e, reservation)

@@ -15,7 +15,7 @@ from aigateway.governance.config import BudgetSettings
 from aigateway.governance.ledger import LedgerEntry
 from aigateway.store.dynamo import Item
 from infra.local.runtime import LocalStack
-from tests.integration.governance_support import configure, counter, ledger_rows, now, open_reservations
+from tests.integration.governance_support import configure, counter, ledger_rows, now, open_reservations, success_entry
 
 LIMIT = 1_000_000
 TENANT = [BudgetScope("tenant", LIMIT)]
@@ -23,25 +23,7 @@ TENANT = [BudgetScope("tenant", LIMIT)]
 
 def entry_for(reservation: Reservation, cost: int) -> LedgerEntry:
     request_id, attempt = reservation.reservation_id.rsplit("#", 1)
-    return LedgerEntry(
-        request_id=request_id,
-        attempt=int(attempt),
-        tenant_id=reservation.tenant_id,
-        user_id="u1",
-        key_id="k1",
-        feature="generate",
-        template=None,
-        model="gpt-4o-mini",
-        provider="simulated",
-        outcome="success",
-        input_tokens=1000,
-        cached_tokens=0,
-        output_tokens=200,
-        cost_micros=cost,
-        price_effective_from="2024-07-18",
-        latency_ms=50,
-        created_at=now(),
-    )
+    return success_entry(request_id, tenant_id=reservation.tenant_id, cost=cost, attempt=int(attempt))
 
 
 def money(period: str | None = None) -> tuple[int, int, int]:

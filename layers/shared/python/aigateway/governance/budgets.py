@@ -167,7 +167,7 @@ class Budgets:
 
     def statuses(self, tenant_id: str, scopes: list[BudgetScope], period: str) -> list[BudgetStatus]:
         """Each scope's counter; a budget not used yet this period shows its full limit."""
-        found = {i["scope"]: i for i in self.counters.get_many(tenant_id, [s.name for s in scopes], period)}
+        found = self.snapshot(tenant_id, scopes, period)
         result = []
         for s in scopes:
             item = found.get(s.name)

@@ -119,12 +119,23 @@ def _raise_condition_failed(exc: ClientError) -> None:
         raise ConditionFailed(str(exc), deserialize(old) if old else None) from exc
 
 
-def tx_put(table: str, item: Item, *, condition: str | None = None) -> dict[str, Any]:
-    op: dict[str, Any] = {"TableName": table, "Item": serialize(item)}
+def _expression_args(
+    values: Item | None = None, names: dict[str, str] | None = None, condition: str | None = None
+) -> dict[str, Any]:
+    """The expression parts of a write; a failed condition always reports the item it saw."""
+    args: dict[str, Any] = {}
+    if values:
+        args["ExpressionAttributeValues"] = serialize(values)
+    if names:
+        args["ExpressionAttributeNames"] = names
     if condition:
-        op["ConditionExpression"] = condition
-        op["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-    return {"Put": op}
+        args["ConditionExpression"] = condition
+        args["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+    return args
+
+
+def tx_put(table: str, item: Item, *, condition: str | None = None) -> dict[str, Any]:
+    return {"Put": {"TableName": table, "Item": serialize(item), **_expression_args(condition=condition)}}
 
 
 def tx_update(
@@ -136,15 +147,8 @@ def tx_update(
     names: dict[str, str] | None = None,
     condition: str | None = None,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"TableName": table, "Key": serialize(key), "UpdateExpression": expression}
-    if values:
-        op["ExpressionAttributeValues"] = serialize(values)
-    if names:
-        op["ExpressionAttributeNames"] = names
-    if condition:
-        op["ConditionExpression"] = condition
-        op["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-    return {"Update": op}
+    op = {"TableName": table, "Key": serialize(key), "UpdateExpression": expression}
+    return {"Update": {**op, **_expression_args(values, names, condition)}}
 
 
 def tx_delete(
@@ -155,15 +159,7 @@ def tx_delete(
     values: Item | None = None,
     names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"TableName": table, "Key": serialize(key)}
-    if values:
-        op["ExpressionAttributeValues"] = serialize(values)
-    if names:
-        op["ExpressionAttributeNames"] = names
-    if condition:
-        op["ConditionExpression"] = condition
-        op["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-    return {"Delete": op}
+    return {"Delete": {"TableName": table, "Key": serialize(key), **_expression_args(values, names, condition)}}
 
 
 def serialize(item: Item) -> dict[str, Any]:
@@ -192,15 +188,10 @@ class Dynamo:
         return deserialize(raw["Item"]) if "Item" in raw else None
 
     def put(self, table: str, item: Item, *, condition: str | None = None, names: dict[str, str] | None = None) -> None:
-        kwargs: dict[str, Any] = {"TableName": table, "Item": serialize(item)}
-        if condition:
-            kwargs["ConditionExpression"] = condition
-        if names:
-            kwargs["ExpressionAttributeNames"] = names
-        if condition:
-            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
-            self._call("put_item", **kwargs)
+            self._call(
+                "put_item", TableName=table, Item=serialize(item), **_expression_args(names=names, condition=condition)
+            )
         except ClientError as exc:
             _raise_condition_failed(exc)
             raise
@@ -215,35 +206,19 @@ class Dynamo:
         names: dict[str, str] | None = None,
         condition: str | None = None,
     ) -> Item:
-        kwargs: dict[str, Any] = {
-            "TableName": table,
-            "Key": serialize(key),
-            "UpdateExpression": expression,
-            "ReturnValues": "ALL_NEW",
-        }
-        if values:
-            kwargs["ExpressionAttributeValues"] = serialize(values)
-        if names:
-            kwargs["ExpressionAttributeNames"] = names
-        if condition:
-            kwargs["ConditionExpression"] = condition
-            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
-            raw = self._call("update_item", **kwargs)
+            raw = self._call(
+                "update_item",
+                TableName=table,
+                Key=serialize(key),
+                UpdateExpression=expression,
+                ReturnValues="ALL_NEW",
+                **_expression_args(values, names, condition),
+            )
         except ClientError as exc:
             _raise_condition_failed(exc)
             raise
         return deserialize(raw.get("Attributes", {}))
-
-    def delete(self, table: str, key: Item, *, condition: str | None = None) -> None:
-        kwargs: dict[str, Any] = {"TableName": table, "Key": serialize(key)}
-        if condition:
-            kwargs["ConditionExpression"] = condition
-        try:
-            self._call("delete_item", **kwargs)
-        except ClientError as exc:
-            _raise_condition_failed(exc)
-            raise
 
     def batch_get(self, table: str, keys: list[Item], *, consistent: bool = False) -> list[Item]:
         """Up to 100 items by key in one call (unprocessed keys are fetched again)."""
@@ -305,6 +280,16 @@ class Dynamo:
         raw = self._call("query", **kwargs)
         last = raw.get("LastEvaluatedKey")
         return [deserialize(i) for i in raw.get("Items", [])], (deserialize(last) if last else None)
+
+    def query_all(self, table: str, key_condition: str, values: Item, *, index: str | None = None) -> list[Item]:
+        """Every item the key condition matches, following DynamoDB's pages."""
+        found: list[Item] = []
+        start: Item | None = None
+        while True:
+            items, start = self.query(table, key_condition, values, index=index, start_key=start)
+            found.extend(items)
+            if start is None:
+                return found
 
     def describe(self, table: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("describe_table", TableName=table)["Table"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aigateway.store.dynamo import ConditionFailed, Dynamo, Item, tx_delete, tx_put, tx_update
@@ -69,13 +70,8 @@ class Tenants:
 
     def ids(self) -> list[str]:
         """Every tenant id, in order (for admin exports and sweeps that span tenants)."""
-        found: list[str] = []
-        start: Item | None = None
-        while True:
-            items, start = self.db.query(self.table, "gsi1pk = :p", {":p": "TENANTS"}, index="gsi1", start_key=start)
-            found.extend(i["tenant_id"] for i in items)
-            if start is None:
-                return found
+        items = self.db.query_all(self.table, "gsi1pk = :p", {":p": "TENANTS"}, index="gsi1")
+        return [i["tenant_id"] for i in items]
 
 
 @dataclass(frozen=True)
@@ -182,19 +178,12 @@ class BudgetCounters:
         return self.db.batch_get(self.table, [self.key(tenant_id, s, period) for s in scopes])
 
     def for_period(self, tenant_id: str, period: str, *, scope_prefix: str = "") -> list[Item]:
-        found: list[Item] = []
-        start: Item | None = None
-        while True:
-            items, start = self.db.query(
-                self.table,
-                "gsi1pk = :p AND begins_with(gsi1sk, :s)",
-                {":p": f"TENANT#{tenant_id}", ":s": f"BUDGET#{period}#{scope_prefix}"},
-                index="gsi1",
-                start_key=start,
-            )
-            found.extend(items)
-            if start is None:
-                return found
+        return self.db.query_all(
+            self.table,
+            "gsi1pk = :p AND begins_with(gsi1sk, :s)",
+            {":p": f"TENANT#{tenant_id}", ":s": f"BUDGET#{period}#{scope_prefix}"},
+            index="gsi1",
+        )
 
     def reserve_tx(self, tenant_id: str, scope: str, period: str, amount: int) -> dict[str, Any]:
         return tx_update(
@@ -305,21 +294,14 @@ class Reservations:
         )
 
     def expired(self, now_epoch: int) -> list[Item]:
-        found: list[Item] = []
-        for shard in range(self.SHARDS):
-            start: Item | None = None
-            while True:
-                items, start = self.db.query(
-                    self.table,
-                    "gsi1pk = :p AND gsi1sk < :s",
-                    {":p": f"RESV#{shard:02d}", ":s": f"{now_epoch:012d}#"},
-                    index="gsi1",
-                    start_key=start,
-                )
-                found.extend(items)
-                if start is None:
-                    break
-        return found
+        """Reservations past their `release_after`, from every shard (queried side by side)."""
+
+        def shard(n: int) -> list[Item]:
+            values = {":p": f"RESV#{n:02d}", ":s": f"{now_epoch:012d}#"}
+            return self.db.query_all(self.table, "gsi1pk = :p AND gsi1sk < :s", values, index="gsi1")
+
+        per_shard = self.db.parallel(*[partial(shard, n) for n in range(self.SHARDS)])
+        return [item for items in per_shard for item in items]
 
 
 @dataclass(frozen=True)
@@ -355,19 +337,12 @@ class Rollups:
         self, tenant_id: str, month: str, *, first_day: str | None = None, last_day: str | None = None
     ) -> list[Item]:
         """A month's rollup items, optionally only days in [first_day, last_day] (YYYY-MM-DD)."""
-        found: list[Item] = []
-        start: Item | None = None
         low, high = first_day or f"{month}-00", last_day or f"{month}-31"
-        while True:
-            items, start = self.db.query(
-                self.table,
-                "pk = :p AND sk BETWEEN :lo AND :hi",
-                {":p": f"ROLLUP#{tenant_id}#{month}", ":lo": low, ":hi": f"{high}#\uffff"},
-                start_key=start,
-            )
-            found.extend(items)
-            if start is None:
-                return found
+        return self.db.query_all(
+            self.table,
+            "pk = :p AND sk BETWEEN :lo AND :hi",
+            {":p": f"ROLLUP#{tenant_id}#{month}", ":lo": low, ":hi": f"{high}#\uffff"},
+        )
 
 
 @dataclass(frozen=True)
