@@ -156,11 +156,78 @@ class ProviderRateLimited(ProviderError):
     status = 503
 
 
+class ProviderUnreachable(ProviderError):
+    """The connection to the provider failed or was reset before an answer arrived."""
+
+    code = "provider_unreachable"
+    status = 502
+
+
+class ProviderBadResponse(ProviderError):
+    """The provider answered 2xx with a body that is not a chat completion (malformed, cut off)."""
+
+    code = "provider_bad_response"
+    status = 502
+
+
+class ProviderAuthError(ProviderError):
+    """The provider refused our credentials (401/403): a deployment fault, never the caller's."""
+
+    code = "provider_auth_error"
+    status = 502
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request as invalid (a 4xx other than the classes above)."""
+
+    code = "provider_rejected_request"
+    status = 502
+
+
+class CircuitOpen(ProviderError):
+    """Every model that could answer is behind an open circuit breaker."""
+
+    code = "provider_unavailable"
+    status = 503
+
+
 class InvalidModelOutput(ProviderError):
     """The model answered, but not in the shape the template's schema demands."""
 
     code = "invalid_model_output"
     status = 502
+
+
+class ContentFiltered(GatewayError):
+    """The provider's content filter refused the input or cut the output: the content is the cause."""
+
+    code = "content_filtered"
+    status = 422
+
+
+class ContextLengthExceeded(GatewayError):
+    """The input does not fit the context window of any model in the chain."""
+
+    code = "context_length_exceeded"
+    status = 400
+
+
+class InvalidIdempotencyKey(InvalidRequest):
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyInProgress(GatewayError):
+    """A request with the same Idempotency-Key is still running; retry after it finishes."""
+
+    code = "idempotency_in_progress"
+    status = 409
+
+
+class IdempotencyKeyReused(GatewayError):
+    """The Idempotency-Key was already used with a different request body."""
+
+    code = "idempotency_key_reused"
+    status = 422
 
 
 class TemplateError(GatewayError):

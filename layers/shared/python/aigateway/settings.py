@@ -27,6 +27,7 @@ class Settings(BaseModel):
     workflow_arn: str | None = Field(default=None, alias="WORKFLOW_ARN")
     alerts_topic_arn: str | None = Field(default=None, alias="ALERTS_TOPIC_ARN")
     exports_bucket: str | None = Field(default=None, alias="EXPORTS_BUCKET")
+    idempotency_table: str | None = Field(default=None, alias="IDEMPOTENCY_TABLE")
 
     # Provider selection: "auto" uses OpenAI when a key is available, else the simulated provider.
     provider: Literal["auto", "openai", "simulated"] = Field(default="auto", alias="PROVIDER")
@@ -39,6 +40,9 @@ class Settings(BaseModel):
     openai_timeout_s: float = Field(default=20.0, gt=0, alias="OPENAI_TIMEOUT_S")
     # The SDK's own retries. Kept at 0: retrying is the gateway's job (deadline-aware, one place).
     openai_max_retries: int = Field(default=0, ge=0, le=5, alias="OPENAI_MAX_RETRIES")
+    # Further OpenAI-compatible providers that fallback hops may name ("<provider>:<model>"):
+    # {"backup": {"base_url": "https://…/v1", "api_key": "…" | "secret_arn": "arn:…"}}.
+    fallback_providers: str | None = Field(default=None, alias="FALLBACK_PROVIDERS", repr=False)
 
     prompts_dir: Path = Field(
         default_factory=lambda: _LAYER_PROMPTS if _LAYER_PROMPTS.is_dir() else _REPO_PROMPTS,
