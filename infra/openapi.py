@@ -19,14 +19,15 @@ TITLE = "Serverless AI Gateway"
 VERSION = "1.0.0"
 
 
-def _ensure_paths() -> None:
+def ensure_paths() -> None:
+    """Makes the function folders and the shared layer importable (synth runs from the repo root)."""
     for path in (ROOT / "functions", ROOT / "layers" / "shared" / "python"):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
 
 
 def build() -> dict[str, Any]:
-    _ensure_paths()
+    ensure_paths()
     document: dict[str, Any] = {}
     for name in http_functions():
         app = importlib.import_module(f"{name}.handler").app

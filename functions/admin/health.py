@@ -45,7 +45,26 @@ def check_health() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         dependencies["prompts"] = {"ok": False, "error": type(exc).__name__}
     ok = all(d["ok"] for d in dependencies.values())
-    return {"status": "ok" if ok else "degraded", "dependencies": dependencies}
+    return {"status": "ok" if ok else "degraded", "dependencies": dependencies, "circuits": circuit_report()}
+
+
+def circuit_report() -> dict[str, Any]:
+    """Every model circuit the gateway has opened or counted failures on (read fresh).
+
+    Informational: an open circuit does not make the gateway unhealthy, since requests move on
+    to their fallback models; it does tell an operator which models are failing.
+    """
+    try:
+        views = deps.breaker().views(int(time.time() * 1000))
+    except Exception as exc:  # noqa: BLE001 - the report must not fail the health check
+        return {"ok": False, "error": type(exc).__name__}
+    states = [v.state for v in views]
+    return {
+        "ok": True,
+        "open": states.count("open"),
+        "half_open": states.count("half_open"),
+        "items": [v.to_json() for v in views],
+    }
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,13 @@
 """Task states of the jobs workflow (infra/workflow.py). Each call names its `action`.
 
-Errors propagate with their class names (ProviderRateLimited, ProviderTimeout, ProviderError …):
-those are what the state machine's Retry and Catch match on.
+`run` runs one stage of the fallback chain: `primary` (the template's model), `fallback` (its
+fallback models) or `degraded` (a stale cache entry or the static answer). Errors propagate
+with their class names (ProviderRateLimited, ProviderTimeout, ContentFiltered …): those are what
+the state machine's Retry and Catch match on (aigateway/resilience/policy.py decides which).
+
+Ledger attempt numbers must never repeat within a job: each stage numbers from its own base, each
+Step Functions retry (`$$.State.RetryCount`) from a further multiple of MAX_ATTEMPTS, and the
+attempts one invocation makes in-process (a repair, the next fallback model) count on from there.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ from typing import Any
 
 from aigateway import deps
 from aigateway.api import Deadline
-from aigateway.completion import CallContext
+from aigateway.completion import MAX_ATTEMPTS, CallContext, Stage
+from aigateway.errors import code_of
 from aigateway.generation import GenerateRequest, generate
 from aigateway.jobs import JobMessage
 from aigateway.observability import logger
+
+STAGE_BASE: dict[Stage, int] = {"primary": 0, "fallback": 100, "degraded": 200}
 
 
 def _now() -> str:
@@ -37,16 +46,26 @@ def mark_processing(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
     job = _job(event)
     request = GenerateRequest.model_validate(job.request)
-    # Jobs are rate-limited when enqueued, not here; Step Functions' retry count numbers the attempt.
+    stage: Stage = event.get("stage", "primary")
+    retry = int(event.get("attempt", 0))
+    # Jobs are rate-limited when enqueued, not here.
     ctx = CallContext(
         job.job_id,
         job.principal,
         "jobs",
         Deadline.from_context(context, cap_s=55),
-        attempt=int(event.get("attempt", 0)),
+        attempt=STAGE_BASE[stage] + retry * MAX_ATTEMPTS,
         rate_limited=False,
     )
-    response, _ = generate(request, ctx, templates=deps.templates(), completions=deps.completions())
+    failed = (event["job"].get("error") or {}).get("Error")  # what sent the job to this stage
+    response, _ = generate(
+        request,
+        ctx,
+        templates=deps.templates(),
+        completions=deps.completions(),
+        stage=stage,
+        degraded_reason=(code_of(failed) or failed) if failed else None,
+    )
     return response.model_dump(mode="json")
 
 

@@ -122,13 +122,14 @@ def worst_case(body: dict[str, Any]) -> WorstCase:
         spec = captured.spec
     else:  # pragma: no cover - generate always calls complete
         raise AssertionError("generate() did not build a completion spec")
-    price = price_for(spec.model, now())
-    reserved = Completions._worst_case(spec, price)
-    counted = tokens.count_messages(spec.messages, spec.model)
+    call = spec.primary
+    price = price_for(call.model, now())
+    reserved = Completions._worst_case(call, spec, price)
+    counted = tokens.count_messages(spec.messages, call.model)
     if spec.response_format is not None:
-        counted += tokens.count_text(json.dumps(spec.response_format), spec.model)
+        counted += tokens.count_text(json.dumps(spec.response_format), call.model)
     input_tokens = int(counted * INPUT_ESTIMATE_MARGIN) + INPUT_ESTIMATE_SLACK_TOKENS
-    output_tokens = int(spec.params.get("max_tokens") or get_model(spec.model).max_output_tokens)
+    output_tokens = int(call.params.get("max_tokens") or get_model(call.model).max_output_tokens)
     billed = cost_micros(price, input_tokens=input_tokens, cached_tokens=0, output_tokens=output_tokens)
     assert billed == reserved, "the helper must mirror Completions._worst_case"
     return WorstCase(reserved, input_tokens, output_tokens)

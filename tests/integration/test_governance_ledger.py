@@ -152,7 +152,7 @@ def test_a_job_message_delivered_three_times_is_billed_once(stack: LocalStack, d
         f"charges {len(charges)}, provider calls {simulator.stats()['requests']}, drift {drift}"
     )
     assert len(executions(stack)) == 1 and len(rows) == 1 and len(charges) == 1
-    assert rows[0]["sk"] == f"{message.job_id}#00" and rows[0]["outcome"] == "success"
+    assert rows[0]["sk"] == f"{message.job_id}#000" and rows[0]["outcome"] == "success"
     assert rows[0]["feature"] == "jobs"  # billed to the feature that ran it, not the template's route
     assert drift == 0 and int(tenant["reserved_micros"]) == 0
     assert simulator.stats()["requests"] == 1

@@ -212,10 +212,10 @@ def test_paging_yields_every_row_exactly_once(client: Client, stack: LocalStack,
     # When they are exported two at a time, and five at a time
     for page_size in (2, 5):
         paged, pages = export_all(client, this_month(), "csv", page_size=page_size)
-        ids = [f"{r['request_id']}#{r['attempt']:02d}" for r in paged]
+        ids = [f"{r['request_id']}#{r['attempt']:03d}" for r in paged]
         print(f"page_size {page_size}: {len(pages)} pages, {len(ids)} rows, {len(ids) - len(set(ids))} duplicates")
         # Then each row comes exactly once, in the order of the full export, with no empty last page
-        assert ids == [f"{r['request_id']}#{r['attempt']:02d}" for r in everything]
+        assert ids == [f"{r['request_id']}#{r['attempt']:03d}" for r in everything]
         assert len(pages) == -(-len(everything) // page_size)
         assert pages[0].body.startswith(b"created_at,") and not pages[1].body.startswith(b"created_at,")
         assert all("x-next-cursor" in p.headers and 'rel="next"' in p.headers["link"] for p in pages[:-1])

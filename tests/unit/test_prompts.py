@@ -721,3 +721,35 @@ def test_schema_unsupported_constructs_raise_template_error(schema: dict[str, An
     """Given a schema outside the supported subset, then TemplateError at build time."""
     with pytest.raises(TemplateError):
         model_from_schema("bad", schema)
+
+
+def test_fallback_models_are_checked_against_the_catalog_at_load(tmp_path: Path) -> None:
+    # Given a template whose chain names a model the gateway does not know
+    write_template(tmp_path, {**minimal_template(), "fallback_models": ["backup:gpt-4.1-mini", "gpt-9-turbo"]})
+    # Then loading fails, naming the hop, rather than the first request that needs the fallback
+    with pytest.raises(TemplateError, match="fallback_models"):
+        TemplateRegistry(tmp_path)
+
+
+def test_the_chain_is_the_templates_fallbacks_or_else_the_profiles(tmp_path: Path) -> None:
+    from aigateway.generation import model_calls
+    from aigateway.llm.catalog import get_profile
+
+    analytical = get_profile("analytical")
+    write_template(tmp_path, {**minimal_template(), "fallback_models": ["backup:gpt-4.1-mini"]})
+    declared = TemplateRegistry(tmp_path).get("demo_template")
+    assert [(c.provider, c.model) for c in model_calls(declared, analytical, 500, caller_chose=False)] == [
+        ("", "gpt-4o-mini"),
+        ("backup", "gpt-4.1-mini"),
+    ]
+    # A caller choosing a profile gets that profile's chain; `[]` means no fallback model at all
+    assert [c.model for c in model_calls(declared, analytical, 500, caller_chose=True)] == [
+        "gpt-4o-mini",
+        "gpt-4.1-mini",
+    ]
+    none = declared.model_copy(update={"fallback_models": []})
+    assert [c.model for c in model_calls(none, analytical, 500, caller_chose=False)] == ["gpt-4o-mini"]
+    # Each hop gets parameters its model accepts (reasoning models take no temperature)
+    reasoning = model_calls(declared, get_profile("reasoning"), 500, caller_chose=True)
+    assert [c.model for c in reasoning] == ["o4-mini", "o3-mini"]
+    assert all("temperature" not in c.params and c.params["max_completion_tokens"] == 500 for c in reasoning)

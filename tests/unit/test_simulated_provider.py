@@ -402,6 +402,58 @@ def test_fault_429_raises_rate_limit_error_with_retry_after(sim: Sim) -> None:
     assert err.value.response.headers["x-simulated"] == "true"
 
 
+def test_fault_429_retry_after_defaults_to_one_second(sim: Sim) -> None:
+    sim.provider.set_faults({"script": ["429_retry_after"]})
+    with pytest.raises(openai.RateLimitError) as err:
+        sim.openai().chat.completions.create(model="gpt-4o-mini", messages=USER)
+    assert err.value.response.headers["retry-after"] == "1"
+    assert err.value.response.headers["retry-after-ms"] == "1000"
+
+
+@pytest.mark.parametrize(
+    ("fault", "exception", "status", "code"),
+    [
+        ("401", openai.AuthenticationError, 401, "invalid_api_key"),
+        ("content_filter", openai.BadRequestError, 400, "content_filter"),
+        ("context_length", openai.BadRequestError, 400, "context_length_exceeded"),
+    ],
+)
+def test_client_side_faults_raise_the_sdks_typed_errors(
+    sim: Sim, fault: str, exception: type[openai.APIStatusError], status: int, code: str
+) -> None:
+    sim.provider.set_faults({"script": [fault]})
+    with pytest.raises(exception) as err:
+        sim.openai().chat.completions.create(model="gpt-4o-mini", messages=USER)
+    assert err.value.status_code == status and err.value.code == code
+    # the next call, unscripted, answers normally
+    assert sim.openai().chat.completions.create(model="gpt-4o-mini", messages=USER).choices
+
+
+def test_a_prompt_larger_than_the_context_window_is_refused_like_openai(sim: Sim) -> None:
+    # Given gpt-4o-mini (128k window) and a prompt that fits only without the output limit
+    prompt = "word " * 127_500
+    # When asked for 16k output tokens
+    with pytest.raises(openai.BadRequestError) as err:
+        sim.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], max_tokens=16_000
+        )
+    # Then it is OpenAI's context_length_exceeded, naming the window
+    assert err.value.code == "context_length_exceeded" and "128000" in str(err.value.message)
+
+
+def test_marked_scripts_give_each_concurrent_case_its_own_faults(sim: Sim) -> None:
+    # Given faults scripted for requests carrying a marker, and none for the rest
+    sim.provider.set_faults({"marked": {"case-a": ["500", "500"]}})
+    client = sim.openai()
+    marked: list[ChatCompletionMessageParam] = [{"role": "user", "content": "case-a: hello"}]
+    # Then unmarked requests are untouched, and marked ones consume their own script
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=USER).choices
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=marked)
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=marked).choices
+
+
 def test_fault_500_and_503_raise_internal_server_error(sim: Sim) -> None:
     # Given scripted 500 then 503
     sim.provider.set_faults({"script": ["500", "503"]})

@@ -2,8 +2,12 @@
 
 The key is a digest of everything that determines the answer (model, messages, parameters,
 output schema, template@version); the tenant id is part of the stored key, so one tenant can never
-read another's entry even with the same digest. Only successful, schema-valid answers are stored.
-DynamoDB TTL deletes lazily (up to days late), so expiry is checked on every read.
+read another's entry even with the same digest. Only successful, schema-valid answers from the
+request's own (primary) model are stored: a fallback model's answer is not pinned for the TTL.
+An entry is fresh until `fresh_until`, then kept as *stale* for the template's stale-if-error
+window (RFC 5861): a stale entry is never a hit, but it may answer, labelled, when no model can.
+DynamoDB TTL (`expires_at`, the end of the stale window) deletes lazily, up to days late, so both
+times are checked on every read.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class CachedAnswer:
     cost_micros: int  # what producing it cost: a hit saves this much
     provider: str
     created_at: str
+    fresh: bool = True  # False: past its TTL, inside the stale-if-error window
 
 
 class ResponseCache:
@@ -38,9 +43,11 @@ class ResponseCache:
         self.entries = entries
 
     def get(self, tenant_id: str, digest: str, *, now_epoch: int) -> CachedAnswer | None:
+        """The entry, fresh or stale (`fresh=False`); None when absent or past its stale window."""
         item = self.entries.get(tenant_id, digest)
         if item is None or int(item.get("expires_at", 0)) <= now_epoch:
             return None
+        fresh_until = int(item.get("fresh_until") or item["expires_at"])
         return CachedAnswer(
             content=item["content"],
             model=item["model"],
@@ -50,9 +57,19 @@ class ResponseCache:
             cost_micros=int(item["cost_micros"]),
             provider=item["provider"],
             created_at=item["created_at"],
+            fresh=now_epoch < fresh_until,
         )
 
-    def put(self, tenant_id: str, digest: str, answer: CachedAnswer, *, now_epoch: int, ttl_seconds: int) -> None:
+    def put(
+        self,
+        tenant_id: str,
+        digest: str,
+        answer: CachedAnswer,
+        *,
+        now_epoch: int,
+        ttl_seconds: int,
+        stale_seconds: int = 0,
+    ) -> None:
         if ttl_seconds <= 0:
             return
         self.entries.put(
@@ -67,6 +84,7 @@ class ResponseCache:
                 "cost_micros": answer.cost_micros,
                 "provider": answer.provider,
                 "created_at": answer.created_at,
-                "expires_at": now_epoch + ttl_seconds,
+                "fresh_until": now_epoch + ttl_seconds,
+                "expires_at": now_epoch + ttl_seconds + max(0, stale_seconds),
             },
         )

@@ -140,10 +140,18 @@ class NotFound(GatewayError):
 
 
 class ProviderError(GatewayError):
-    """The model provider failed and no fallback could answer."""
+    """The model provider failed and no fallback could answer.
+
+    Subclass names are what the jobs state machine's Retry and Catch match on (infra/workflow.py),
+    and each has one policy in aigateway/resilience/policy.py.
+    """
 
     code = "provider_error"
     status = 502
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the provider's Retry-After, when it sent one
 
 
 class ProviderTimeout(ProviderError):
@@ -184,6 +192,13 @@ class ProviderRejected(ProviderError):
     status = 502
 
 
+class NoFallbackModel(ProviderError):
+    """A fallback stage ran for a template whose chain has no fallback model."""
+
+    code = "no_fallback_model"
+    status = 502
+
+
 class CircuitOpen(ProviderError):
     """Every model that could answer is behind an open circuit breaker."""
 
@@ -196,6 +211,11 @@ class InvalidModelOutput(ProviderError):
 
     code = "invalid_model_output"
     status = 502
+
+    def __init__(self, message: str, *, content: str = "", problems: str = "") -> None:
+        super().__init__(message)
+        self.content = content  # the unusable answer, for the repair attempt (never logged)
+        self.problems = problems  # what is wrong with it, as the schema validator put it
 
 
 class ContentFiltered(GatewayError):
@@ -235,3 +255,14 @@ class TemplateError(GatewayError):
 
     code = "template_error"
     status = 500
+
+
+def code_of(class_name: str) -> str | None:
+    """The machine-readable code of a domain error named by its class (as Step Functions reports it)."""
+    todo: list[type[GatewayError]] = [GatewayError]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == class_name:
+            return cls.code
+        todo.extend(cls.__subclasses__())
+    return None

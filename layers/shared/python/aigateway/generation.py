@@ -5,15 +5,16 @@ Input and output models are separate from stored models and mapped explicitly.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aigateway.completion import CallContext, Completions, CompletionSpec, json_output
+from aigateway.completion import CallContext, Completions, CompletionSpec, ModelCall, Stage, json_output
 from aigateway.governance.pricing import micros_to_usd
-from aigateway.llm.catalog import completion_params, get_model, get_profile
-from aigateway.prompts.registry import TemplateRegistry
+from aigateway.llm.catalog import Profile, completion_params, get_model, get_profile, parse_hop
+from aigateway.prompts.registry import PromptTemplate, TemplateRegistry
 from aigateway.prompts.render import render_messages
 
 
@@ -38,11 +39,18 @@ class GenerateResponse(BaseModel):
     request_id: str
     template: str
     version: int
-    model: str
-    provider: str = Field(description="openai, or simulated when no provider key is configured")
+    model: str | None = Field(description="The model that produced the answer; null for the template's static answer")
+    provider: str = Field(description="openai, simulated when no provider key is configured, or gateway")
     output: dict[str, Any] | str
     cached: bool
-    fallback: bool
+    fallback: bool = Field(description="True when the answer is not the primary model's fresh answer")
+    served_by: Literal["primary", "fallback_model", "cache", "stale_cache", "static_answer"] = Field(
+        description="Which hop of the chain answered"
+    )
+    degraded_reason: str | None = Field(
+        description="Why the request left its primary path (an error code such as provider_rate_limited)"
+    )
+    attempts: int = Field(description="Provider attempts this request made (each is a ledger row)")
     usage: UsageOut
     cost_usd: float = Field(description="What this request cost (0 for a cache hit), in USD")
     cost_micros: int = Field(description="The same, exact, in micro-USD")
@@ -52,16 +60,43 @@ class GenerateResponse(BaseModel):
 FEATURE = "generate"
 
 
+def model_calls(
+    template: PromptTemplate, profile: Profile, max_tokens: int, *, caller_chose: bool
+) -> tuple[ModelCall, ...]:
+    """The chain: the primary model, then the template's fallback models (or the profile's).
+
+    A template may pin a model for its own profile; a caller choosing a profile gets that
+    profile's model and fallbacks.
+    """
+    primary = profile.model if caller_chose or not template.model else template.model
+    hops = list(profile.fallbacks if caller_chose or template.fallback_models is None else template.fallback_models)
+    calls: list[ModelCall] = []
+    for provider, name in [("", primary), *(parse_hop(h) for h in hops)]:
+        call = ModelCall(name, completion_params(get_model(name), profile, max_tokens), provider)
+        if call not in calls:
+            calls.append(call)
+    return tuple(calls)
+
+
 def generate(
-    request: GenerateRequest, ctx: CallContext, *, templates: TemplateRegistry, completions: Completions
+    request: GenerateRequest,
+    ctx: CallContext,
+    *,
+    templates: TemplateRegistry,
+    completions: Completions,
+    stage: Stage = "all",
+    degraded_reason: str | None = None,
 ) -> tuple[GenerateResponse, dict[str, str]]:
-    """The response, and the headers that go with it (the caller's rate-limit status)."""
+    """The response, and the headers that go with it (the caller's rate-limit status).
+
+    `stage` runs one part of the fallback chain (the jobs workflow); see Completions.complete.
+    """
     template = templates.get(request.template, request.version)
     messages = render_messages(template, request.variables)
     profile = get_profile(request.model_profile or template.model_profile)
-    # A template may pin a model for its own profile; a caller choosing a profile gets that profile's model.
-    model = get_model(profile.model if request.model_profile or not template.model else template.model)
-    params = completion_params(model, profile, request.max_tokens or template.max_tokens)
+    calls = model_calls(
+        template, profile, request.max_tokens or template.max_tokens, caller_chose=request.model_profile is not None
+    )
     response_format = None
     if template.output_schema is not None:
         response_format = {
@@ -69,16 +104,20 @@ def generate(
             "json_schema": {"name": template.name, "schema": template.output_schema, "strict": True},
         }
     ctx = replace(ctx, template=template.ref)  # the caller names the feature (generate, jobs …)
+    static = template.fallback
     result = completions.complete(
         ctx,
         CompletionSpec(
-            model=model.name,
+            calls=calls,
             messages=messages,
-            params=params,
             response_format=response_format,
             cache_ttl_s=template.cache_ttl_seconds,
             validate=json_output(template.output_model),
+            static_answer=json.dumps(static) if static is not None else None,
+            stale_if_error_s=template.stale_if_error_seconds,
         ),
+        stage=stage,
+        degraded_reason=degraded_reason,
     )
     response = GenerateResponse(
         request_id=ctx.request_id,
@@ -89,6 +128,9 @@ def generate(
         output=result.output,
         cached=result.cached,
         fallback=result.fallback,
+        served_by=result.served_by,
+        degraded_reason=result.degraded_reason,
+        attempts=result.attempts,
         usage=UsageOut(
             input_tokens=result.usage.input_tokens,
             cached_input_tokens=result.usage.cached_tokens,

@@ -1,6 +1,8 @@
 """The usage ledger: one immutable row per provider attempt and per cache hit, and its settlement.
 
-A row's id is `<request_id>#<attempt>`. Settlement writes, in one DynamoDB transaction:
+A row's id is `<request_id>#<attempt>` (attempt zero-padded to three digits: a synchronous call
+numbers its attempts from 0, the jobs workflow from a base per stage and retry, see
+functions/workflow). Settlement writes, in one DynamoDB transaction:
 the row (conditional on its id not existing), the release of the attempt's budget reservation,
 the real cost charged to each budget, and the usage rollup counters. A replayed settlement
 (client retry, SQS redelivery, Lambda retry) fails the row's condition, which cancels the whole
@@ -38,11 +40,16 @@ ROLLUP_COUNTERS = (
 _OUTCOME_COUNTER = {"success": "successes", "cache_hit": "cache_hits", "failure": "failures", "fallback": "fallbacks"}
 
 
+def attempt_id(request_id: str, attempt: int) -> str:
+    """Names one attempt: its ledger row and its budget reservation."""
+    return f"{request_id}#{attempt:03d}"
+
+
 class LedgerEntry(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     request_id: str
-    attempt: int = Field(ge=0, le=99)
+    attempt: int = Field(ge=0, le=999)
     tenant_id: str
     user_id: str
     key_id: str
@@ -63,7 +70,7 @@ class LedgerEntry(BaseModel):
 
     @property
     def row_id(self) -> str:
-        return f"{self.request_id}#{self.attempt:02d}"
+        return attempt_id(self.request_id, self.attempt)
 
     @property
     def month(self) -> str:

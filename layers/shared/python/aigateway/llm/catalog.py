@@ -59,15 +59,19 @@ class Profile:
 
     name: ProfileName
     model: str
+    # Tried in order when the model fails (aigateway/resilience): "<model>" on the gateway's own
+    # provider, or "<provider>:<model>" on one of FALLBACK_PROVIDERS.
+    fallbacks: tuple[str, ...] = ()
     temperature: float | None = None
     top_p: float | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
 
 
 PROFILES: dict[str, Profile] = {
-    "creative": Profile("creative", "gpt-4o-mini", temperature=0.9, top_p=0.95),
-    "analytical": Profile("analytical", "gpt-4o-mini", temperature=0.2, top_p=1.0),
-    "reasoning": Profile("reasoning", "o4-mini", reasoning_effort="medium"),
+    # gpt-4.1-mini: another model family's capacity, and a 1M-token window for inputs that outgrow 128k.
+    "creative": Profile("creative", "gpt-4o-mini", ("gpt-4.1-mini",), temperature=0.9, top_p=0.95),
+    "analytical": Profile("analytical", "gpt-4o-mini", ("gpt-4.1-mini",), temperature=0.2, top_p=1.0),
+    "reasoning": Profile("reasoning", "o4-mini", ("o3-mini",), reasoning_effort="medium"),
 }
 
 
@@ -93,3 +97,10 @@ def completion_params(model: ModelSpec, profile: Profile, max_tokens: int) -> di
     if profile.top_p is not None:
         params["top_p"] = profile.top_p
     return params
+
+
+def parse_hop(hop: str) -> tuple[str, str]:
+    """ "<model>" or "<provider>:<model>" → (provider, model); the model must be in the catalog."""
+    provider, _, model = hop.rpartition(":")
+    get_model(model)
+    return provider, model

@@ -14,10 +14,15 @@ carry out what the core decides (delays, dropped connections):
 
 Fault plan (POST /_sim/faults, env SIM_FAULTS, or the constructor), any subset of:
     {"script": ["429", "500", "ok", "latency=250", ...],   # one entry per chat request, first
+     "marked": {"cell-7": ["500", "500"]},                  # scripts for requests containing a marker
      "rate": 0.2, "kinds": ["429", "500", "503"],          # then random faults, seeded
      "seed": 7, "latency_ms": 50,                            # base latency on every chat request
      "retry_after_s": 1, "hang_s": 30}                        # 429 retry-after; "timeout" hold
-Kinds: 429, 500, 503, timeout, reset, malformed, schema_invalid, latency=NNN, ok.
+Kinds: 429, 429_retry_after (Retry-After: retry_after_s, default 1 s), 500, 503, timeout, reset,
+malformed, schema_invalid, content_filter (400 `content_filter`, Azure OpenAI's shape),
+context_length (400 `context_length_exceeded`), 401 (invalid_api_key), latency=NNN, ok.
+Requests whose prompt plus output limit exceed the model's context window are refused with the
+same 400 `context_length_exceeded` OpenAI sends, fault or not.
 Exact answers for tests: `queue_response(status, body, headers)` or POST /_sim/responses
 {"status": 200, "body": {...}, "headers": {...}}; each is used once, before the script.
 Counters: GET /_sim/stats (DELETE resets them); DELETE /_sim/faults clears plan and queue.
@@ -52,7 +57,20 @@ if TYPE_CHECKING:
 SIMULATED_PREFIX = "[simulated] "
 SYSTEM_FINGERPRINT = "fp_simulated"
 ENV_VAR = "SIM_FAULTS"
-FAULT_KINDS = ("429", "500", "503", "timeout", "reset", "malformed", "schema_invalid")
+FAULT_KINDS = (
+    "429",
+    "429_retry_after",
+    "500",
+    "503",
+    "timeout",
+    "reset",
+    "malformed",
+    "schema_invalid",
+    "content_filter",
+    "context_length",
+    "401",
+)
+DEFAULT_RETRY_AFTER_S = 1.0
 DEFAULT_RANDOM_KINDS = ("429", "500", "503")
 DEFAULT_HANG_S = 30.0
 MODELS_CREATED = 1_700_000_000  # fixed so /v1/models is deterministic
@@ -89,13 +107,16 @@ class FaultPlan:
     seed: int = 0
     retry_after_s: float | None = None
     hang_s: float = DEFAULT_HANG_S
+    # A request whose body contains a marker takes its next fault from that marker's script
+    # (before the main script): concurrent tests give each case its own faults.
+    marked: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def from_json(cls, data: object) -> FaultPlan:
         """Validate a plan given as JSON (a dict); raises ValueError with a readable message."""
         if not isinstance(data, Mapping):
             raise ValueError("fault plan must be a JSON object")
-        unknown = set(data) - {"script", "rate", "kinds", "latency_ms", "seed", "retry_after_s", "hang_s"}
+        unknown = set(data) - {"script", "rate", "kinds", "latency_ms", "seed", "retry_after_s", "hang_s", "marked"}
         if unknown:
             raise ValueError(f"unknown fault plan field(s): {', '.join(sorted(unknown))}")
         script = data.get("script", [])
@@ -119,7 +140,13 @@ class FaultPlan:
             retry_after = _number(data, "retry_after_s", 0.0)
             if retry_after < 0:
                 raise ValueError("'retry_after_s' must not be negative")
+        marked = data.get("marked", {})
+        if not isinstance(marked, Mapping) or not all(
+            isinstance(k, str) and k and isinstance(v, list) for k, v in marked.items()
+        ):
+            raise ValueError("'marked' must map non-empty marker strings to lists of fault names")
         return cls(
+            marked=tuple((k, tuple(_check_entry(str(e)) for e in v)) for k, v in marked.items()),
             script=tuple(_check_entry(str(s)) for s in script),
             rate=rate,
             kinds=tuple(_check_entry(str(k)) for k in kinds),
@@ -138,6 +165,7 @@ class FaultPlan:
             "seed": self.seed,
             "retry_after_s": self.retry_after_s,
             "hang_s": self.hang_s,
+            "marked": {k: list(v) for k, v in self.marked},
         }
 
 
@@ -223,6 +251,7 @@ class SimulatedProvider:
         self._lock = threading.Lock()
         self._plan = FaultPlan()
         self._script: list[str] = []
+        self._marked: dict[bytes, list[str]] = {}
         self._canned: list[SimResponse] = []
         self._rng = random.Random(0)
         self._stats = _Stats()
@@ -237,6 +266,7 @@ class SimulatedProvider:
         with self._lock:
             self._plan = plan
             self._script = list(plan.script)
+            self._marked = {k.encode(): list(v) for k, v in plan.marked}
             self._rng = random.Random(plan.seed)
         return plan
 
@@ -279,12 +309,15 @@ class SimulatedProvider:
         with self._lock:
             self._stats = _Stats()
 
-    def _next_fault(self) -> tuple[str | None, float, FaultPlan]:
+    def _next_fault(self, raw: bytes = b"") -> tuple[str | None, float, FaultPlan]:
         """(fault kind or None, extra latency seconds, plan) for one chat request."""
         with self._lock:
             plan = self._plan
             entry: str | None = None
-            if self._script:
+            marked = next((script for marker, script in self._marked.items() if script and marker in raw), None)
+            if marked:
+                entry = marked.pop(0)
+            elif self._script:
                 entry = self._script.pop(0)
             elif plan.rate > 0 and self._rng.random() < plan.rate:
                 entry = self._rng.choice(plan.kinds)
@@ -407,22 +440,45 @@ class SimulatedProvider:
         if canned is not None:
             canned.headers["x-request-id"] = f"req_sim_{uuid.uuid4().hex}"
             return canned
-        fault, delay, plan = self._next_fault()
+        fault, delay, plan = self._next_fault(raw)
         response = self._chat_answer(raw, fault, plan)
         response.delay_s += delay
         response.fault = fault
         return response
 
     def _chat_answer(self, raw: bytes, fault: str | None, plan: FaultPlan) -> SimResponse:
-        if fault == "429":
+        if fault in ("429", "429_retry_after"):
             headers = self._headers()
             message = "Rate limit reached for requests (simulated). Please try again later."
-            if plan.retry_after_s is not None:
-                headers["retry-after"] = _fmt_seconds(plan.retry_after_s)
-                headers["retry-after-ms"] = str(int(plan.retry_after_s * 1000))
-                wait = _fmt_seconds(plan.retry_after_s)
+            retry_after = plan.retry_after_s
+            if fault == "429_retry_after" and retry_after is None:
+                retry_after = DEFAULT_RETRY_AFTER_S
+            if retry_after is not None:
+                headers["retry-after"] = _fmt_seconds(retry_after)
+                headers["retry-after-ms"] = str(int(retry_after * 1000))
+                wait = _fmt_seconds(retry_after)
                 message = f"Rate limit reached for requests (simulated). Please try again in {wait}s."
             return SimResponse(429, headers, _error_body(message, "requests", None, "rate_limit_exceeded"))
+        if fault == "401":
+            message = "Incorrect API key provided (simulated). You can find your API key at the provider's console."
+            return SimResponse(
+                401, self._headers(), _error_body(message, "invalid_request_error", None, "invalid_api_key")
+            )
+        if fault == "content_filter":
+            message = (
+                "The response was filtered due to the prompt triggering the content management policy "
+                "(simulated). Please modify your prompt and retry."
+            )
+            return SimResponse(
+                400, self._headers(), _error_body(message, "invalid_request_error", "prompt", "content_filter")
+            )
+        if fault == "context_length":
+            # As if the prompt were just over the window of the model asked for.
+            try:
+                window = MODELS[str(self._parse(raw).get("model"))].context_window
+            except (_ApiError, KeyError):
+                window = 128_000
+            return self._error(_context_length_error(window, window + 1))
         if fault == "500":
             message = "The server had an error while processing your request. Sorry about that! (simulated)"
             return SimResponse(500, self._headers(), _error_body(message, "server_error", None, None))
@@ -455,6 +511,9 @@ class SimulatedProvider:
         response_format = request.get("response_format")
         n = int(request.get("n") or 1)
         digest = _digest(model, messages, response_format)
+        prompt_tokens = tokens.count_messages(messages, model)
+        if prompt_tokens + (max_tokens or 0) > spec.context_window:
+            return self._error(_context_length_error(spec.context_window, prompt_tokens, max_tokens or 0))
 
         choices: list[tuple[str, str]] = []  # (content, finish_reason)
         completion_tokens = 0
@@ -468,7 +527,6 @@ class SimulatedProvider:
                 finish = "length"
             completion_tokens += tokens.count_text(content, model)
             choices.append((content, finish))
-        prompt_tokens = tokens.count_messages(messages, model)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -529,6 +587,16 @@ class SimulatedProvider:
 # ---------------------------------------------------------------------------------------------
 # Validation (mirrors what api.openai.com rejects)
 # ---------------------------------------------------------------------------------------------
+
+
+def _context_length_error(window: int, prompt_tokens: int, max_tokens: int = 0) -> _ApiError:
+    """OpenAI's refusal of a request that does not fit the model's context window."""
+    message = (
+        f"This model's maximum context length is {window} tokens. However, you requested "
+        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). "
+        "Please reduce the length of the messages or completion."
+    )
+    return _ApiError(400, message, param="messages", code="context_length_exceeded")
 
 
 def _wants_stream(raw: bytes) -> bool:

@@ -187,6 +187,20 @@ def truncate_text(text: str, model: str, max_tokens: int) -> str:
     return ""
 
 
+def trim_middle(text: str, model: str, max_tokens: int) -> str:
+    """`text` cut to at most `max_tokens` by removing its middle: the head (usually instructions)
+    and the tail (usually the question) survive, and a marker says how much was removed."""
+    tokens = encode(text, model)
+    if len(tokens) <= max_tokens:
+        return text
+    marker = f"\n[… {len(tokens) - max_tokens} tokens trimmed …]\n"
+    room = max(0, max_tokens - count_text(marker, model) - 2)  # 2: tokens that merge at the seams
+    head = truncate_text(text, model, room // 2)
+    tail_tokens = tokens[len(tokens) - (room - room // 2) :] if room - room // 2 > 0 else []
+    tail = decode(tail_tokens, model) if tail_tokens else ""
+    return head + marker + tail
+
+
 def _content_text(content: object) -> Iterable[str]:
     """The countable text of a message value: a string, or the text of content parts."""
     if content is None:

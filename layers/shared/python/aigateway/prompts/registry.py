@@ -12,7 +12,8 @@ from jinja2 import Template
 from jinja2.exceptions import TemplateError as JinjaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aigateway.errors import TemplateError, UnknownTemplate
+from aigateway.errors import TemplateError, UnknownModel, UnknownTemplate
+from aigateway.llm.catalog import parse_hop
 from aigateway.prompts.schema import model_from_schema, strict_output_schema
 
 _FILE = re.compile(r"^v(\d+)\.ya?ml$")
@@ -36,6 +37,10 @@ class PromptTemplate(BaseModel):
     output_schema: dict[str, Any] | None = None
     # Served (labelled) when every provider hop fails; shaped like output_schema.
     fallback: dict[str, Any] | None = None
+    # The models tried after the primary ("<model>" or "<provider>:<model>"); None: the profile's.
+    fallback_models: list[str] | None = None
+    # How long past cache_ttl_seconds a cached answer may still serve, labelled, when no model can.
+    stale_if_error_seconds: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
 
     @property
     def ref(self) -> str:
@@ -64,6 +69,11 @@ class PromptTemplate(BaseModel):
             _ = self.variables_model, self.compiled
         except JinjaError as exc:
             raise TemplateError(f"{self.ref}: template text does not compile: {exc}") from exc
+        for hop in self.fallback_models or ():
+            try:
+                parse_hop(hop)
+            except UnknownModel as exc:
+                raise TemplateError(f"{self.ref}: fallback_models: {exc.message}") from exc
         if self.output_schema is not None:
             strict_output_schema(self.ref, self.output_schema)
             assert self.output_model is not None
