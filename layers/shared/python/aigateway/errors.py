@@ -6,6 +6,8 @@ request `field` it concerns. Nothing here knows about HTTP frameworks.
 
 from __future__ import annotations
 
+import math
+
 
 class GatewayError(Exception):
     code = "internal_error"
@@ -150,8 +152,10 @@ class ProviderError(GatewayError):
     status = 502
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s  # the provider's Retry-After, when it sent one
+        # When this error is the answer, the caller may come back when the provider said it could.
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
+        super().__init__(message, headers=headers)
+        self.retry_after_s = retry_after_s  # the provider's Retry-After (or a circuit's cooldown)
 
 
 class ProviderTimeout(ProviderError):
