@@ -103,7 +103,7 @@ class _Captured(Exception):
 
 
 class _CaptureSpec:
-    def complete(self, ctx: CallContext, spec: Spec) -> Any:
+    def complete(self, ctx: CallContext, spec: Spec, **_: Any) -> Any:
         raise _Captured(spec)
 
 
