@@ -38,6 +38,7 @@ from aigateway.errors import (
     NoFallbackModel,
     ProviderError,
     ProviderRejected,
+    ProviderTimeout,
 )
 from aigateway.governance.alerts import BudgetAlerts
 from aigateway.governance.budgets import Budgets, BudgetScope, Reservation, period_of, scopes_for
@@ -192,6 +193,7 @@ class _Run:
     now: datetime
     limits: LimitStatus
     next_attempt: int
+    upstream_reason: str | None = None  # why an earlier jobs stage gave up (stages after the first)
     attempts: int = 0
     first_failure: GatewayError | None = None
     last_failure: GatewayError | None = None
@@ -260,7 +262,7 @@ class Completions:
     ) -> CompletionResult:
         """The answer, from the cache or the chain; raises the error that ended the chain.
 
-        `degraded_reason` (stage "degraded") is why the earlier stages failed.
+        `degraded_reason` (jobs stages after the first) is why the earlier stages failed.
         """
         started = time.perf_counter()
         digest = request_digest(
@@ -296,7 +298,7 @@ class Completions:
         if found is not None and found.fresh:
             return self._serve_hit(ctx, found, spec, now, started, limits)
 
-        run = _Run(ctx, spec, scopes, snapshot, started, now, limits, next_attempt=ctx.attempt)
+        run = _Run(ctx, spec, scopes, snapshot, started, now, limits, ctx.attempt, degraded_reason)
         calls = {"all": spec.calls, "primary": spec.calls[:1], "fallback": spec.calls[1:], "degraded": ()}[stage]
         result = self._through_models(
             run, calls, digest, in_process_retries=stage == "all", fallback=stage == "fallback"
@@ -338,7 +340,7 @@ class Completions:
             tries, repaired = 0, False
             while run.attempts < MAX_ATTEMPTS:
                 if ctx.deadline.remaining_s() - DEADLINE_RESERVE_S < MIN_ATTEMPT_S:
-                    run.failed(run.last_failure or ProviderError("no time left for another attempt"))
+                    run.failed(run.last_failure or ProviderTimeout("the deadline left no time to call the model"))
                     return None
                 try:
                     result = self._attempt(
@@ -363,7 +365,7 @@ class Completions:
                 if trimmed:
                     result = _labelled(result, degraded_reason="input_trimmed")
                 if result.fallback:
-                    reason = run.first_failure.code if run.first_failure else "fallback_stage"
+                    reason = run.first_failure.code if run.first_failure else (run.upstream_reason or "fallback")
                     result = _labelled(result, degraded_reason=reason)
                     self._mark_fallback(ctx, result)
                 return result
