@@ -1,4 +1,4 @@
-"""Stateful resources: the data key, the three tables, the jobs queue, alerts, secret, exports."""
+"""Stateful resources: the data key, the tables, the jobs queue, alerts, secret, exports."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ class Data(Construct):
             partition_key=dynamodb.Attribute(name="gsi1pk", type=STRING),
             sort_key=dynamodb.Attribute(name="gsi1sk", type=STRING),
             projection_type=dynamodb.ProjectionType.ALL,
+        )
+        # Idempotency-Key records (Powertools' layout: `id`, TTL on `expiration`); they live 24 h.
+        self.idempotency_table = self._table(
+            "Idempotency", partition_key="id", sort_key=False, ttl=True, ttl_attribute="expiration", retain=False
         )
 
         self.jobs_dlq = sqs.Queue(
@@ -130,15 +134,23 @@ class Data(Construct):
         )
 
     def _table(
-        self, construct_id: str, *, sort_key: bool, ttl: bool, retain: bool, protect: bool = False
+        self,
+        construct_id: str,
+        *,
+        sort_key: bool,
+        ttl: bool,
+        retain: bool,
+        protect: bool = False,
+        partition_key: str = "pk",
+        ttl_attribute: str = "expires_at",
     ) -> dynamodb.Table:
-        """On-demand, encrypted with the data key, point-in-time recovery on (all three tables)."""
+        """On-demand, encrypted with the data key, point-in-time recovery on (every table)."""
         return dynamodb.Table(
             self,
             construct_id,
-            partition_key=dynamodb.Attribute(name="pk", type=STRING),
+            partition_key=dynamodb.Attribute(name=partition_key, type=STRING),
             sort_key=dynamodb.Attribute(name="sk", type=STRING) if sort_key else None,
-            time_to_live_attribute="expires_at" if ttl else None,
+            time_to_live_attribute=ttl_attribute if ttl else None,
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
             encryption_key=self.key,

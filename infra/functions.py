@@ -38,6 +38,8 @@ _READ = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query")
 _WRITE = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem")
 _DELETE = ("dynamodb:DeleteItem",)
 _DESCRIBE = ("dynamodb:DescribeTable",)
+# What Powertools' DynamoDBPersistenceLayer calls: get (consistent), conditional put, update, delete.
+_IDEMPOTENCY = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 # Key actions for a table's data: CDK's table grants without the action wildcards
 # (DynamoDB never re-encrypts or asks for data-key variants on a caller's behalf).
 _KMS_READ = ("kms:Decrypt", "kms:DescribeKey")
@@ -194,9 +196,19 @@ class Functions(Construct):
             "exports:write": lambda fn: self._allow(
                 fn, ["s3:PutObject"], [d.exports_bucket.arn_for_objects("usage/*")]
             ),
-            # A new tag (jobs:send ...) is added here, with a test in tests/infra/test_stack.py and
-            # no unexplained cdk-nag finding (CDK's convenience grants use action wildcards).
+            # Idempotency-Key records (Powertools' persistence layer): the table name in the
+            # environment, and exactly the four item calls it makes.
+            "idempotency:readwrite": self._idempotency,
+            # Sending job messages to the Jobs queue (SSE-KMS), nothing else on it.
+            "jobs:enqueue": lambda fn: self._allow(fn, ["sqs:SendMessage"], [d.jobs_queue.queue_arn]),
+            # A new tag is added here, with a test in tests/infra/test_stack.py and no unexplained
+            # cdk-nag finding (CDK's convenience grants use action wildcards).
         }
+
+    def _idempotency(self, fn: lambda_.Function) -> None:
+        table = self._data.idempotency_table
+        fn.add_environment("IDEMPOTENCY_TABLE", table.table_name)
+        self._table(fn, table, _IDEMPOTENCY)
 
     def _allow(self, fn: lambda_.Function, actions: list[str], resources: list[str]) -> None:
         """Named actions on named resources, plus the data key they are encrypted with."""

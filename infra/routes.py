@@ -50,7 +50,21 @@ FUNCTIONS: tuple[Function, ...] = (
     Function(
         "generate",
         "Template-driven generation: render, cache, provider, ledger",
-        grants=("cache:readwrite", "ledger:write", "state:readwrite", "secret:read", "alerts:publish"),
+        grants=(
+            "cache:readwrite",
+            "ledger:write",
+            "state:readwrite",
+            "secret:read",
+            "alerts:publish",
+            "idempotency:readwrite",
+        ),
+    ),
+    Function(
+        "jobs",
+        "Asynchronous jobs: validate, rate-limit and enqueue; read a job's status and result",
+        memory_mb=256,
+        timeout_s=10,
+        grants=("state:readwrite", "jobs:enqueue", "idempotency:readwrite"),
     ),
     Function(
         "admin",
@@ -97,6 +111,8 @@ FUNCTIONS: tuple[Function, ...] = (
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/generate", "generate"),
+    Route("POST", "/v1/jobs", "jobs"),
+    Route("GET", "/v1/jobs/{job_id}", "jobs"),
     Route("GET", "/v1/budget", "usage"),
     Route("GET", "/v1/usage", "usage"),
     Route("GET", "/v1/usage/export", "usage"),

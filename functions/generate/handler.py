@@ -1,26 +1,60 @@
-"""Lambda for /v1/generate: parse → generate() → response. No AWS or OpenAI code here."""
+"""Lambda for /v1/generate: parse → generate() (at most once per Idempotency-Key) → response.
+
+No AWS or OpenAI code here.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body
 
-from aigateway import deps
-from aigateway.api import JSON, create_app, entrypoint, request_info, require_principal
+from aigateway import deps, idempotency
+from aigateway.api import (
+    JSON,
+    create_app,
+    entrypoint,
+    idempotency_key_header,
+    ok_response,
+    request_info,
+    require_principal,
+)
 from aigateway.completion import CallContext
 from aigateway.generation import FEATURE, GenerateRequest, GenerateResponse, generate
+from aigateway.idempotency import Reply
 
 app = create_app()
 
 
-@app.post("/v1/generate", summary="Generate from a prompt template", tags=["generate"])
-def post_generate(request: Annotated[GenerateRequest, Body()]) -> Response[GenerateResponse]:
+@app.post(
+    "/v1/generate",
+    summary="Generate from a prompt template",
+    tags=["generate"],
+    responses={200: ok_response("The template's output, usage and cost", GenerateResponse)},
+)
+def post_generate(
+    request: Annotated[GenerateRequest, Body()],
+    idempotency_key: Annotated[str | None, idempotency_key_header()] = None,
+) -> Response[Any]:
     info = request_info(app)
-    ctx = CallContext(info.request_id, require_principal(app), FEATURE, info.deadline, client_ip=info.client_ip)
-    response, headers = generate(request, ctx, templates=deps.templates(), completions=deps.completions())
-    return Response(200, JSON, response, headers)
+    principal = require_principal(app)
+    ctx = CallContext(info.request_id, principal, FEATURE, info.deadline, client_ip=info.client_ip)
+
+    def run() -> Reply:
+        response, headers = generate(request, ctx, templates=deps.templates(), completions=deps.completions())
+        return Reply(200, response.model_dump(mode="json"), headers)
+
+    reply = idempotency.once(
+        deps.idempotency_store,
+        tenant_id=principal.tenant_id,
+        route="POST /v1/generate",
+        key=idempotency_key,
+        payload=request.model_dump(mode="json"),
+        run=run,
+        lambda_context=app.lambda_context,
+    )
+    return Response(reply.status, JSON, reply.body, reply.headers)
 
 
 lambda_handler = entrypoint(app)

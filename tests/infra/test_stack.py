@@ -37,6 +37,11 @@ TAG_TABLE_ACTIONS: dict[str, tuple[str, set[str]]] = {
     "ledger:read": ("ledger", {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}),
     "state:read": ("state", {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}),
     "state:readwrite": ("state", READ_ACTIONS - {"dynamodb:Scan"} | WRITE_ACTIONS - {"dynamodb:BatchWriteItem"}),
+    # Exactly what Powertools' DynamoDBPersistenceLayer calls.
+    "idempotency:readwrite": (
+        "idempotency",
+        {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+    ),
 }
 
 
@@ -120,16 +125,17 @@ def tables(stack: Any) -> dict[str, str]:
         "cache": logical_id(stack, stack.data.cache_table),
         "ledger": logical_id(stack, stack.data.ledger_table),
         "state": logical_id(stack, stack.data.state_table),
+        "idempotency": logical_id(stack, stack.data.idempotency_table),
     }
 
 
 # --- data --------------------------------------------------------------------------------------
 
 
-def test_there_are_exactly_three_tables_all_on_demand_kms_encrypted_with_pitr(resources: Resources, stack: Any) -> None:
+def test_there_are_exactly_four_tables_all_on_demand_kms_encrypted_with_pitr(resources: Resources, stack: Any) -> None:
     key_id = logical_id(stack, stack.data.key)
     found = of_type(resources, "AWS::DynamoDB::Table")
-    assert len(found) == 3
+    assert len(found) == 4
     for lid, table in found.items():
         props = table["Properties"]
         assert props["BillingMode"] == "PAY_PER_REQUEST", lid
@@ -178,6 +184,24 @@ def test_state_table_has_ttl_and_gsi1(resources: Resources, tables: dict[str, st
     ]
     assert {"AttributeName": "gsi1pk", "AttributeType": "S"} in props["AttributeDefinitions"]
     assert resources[tables["state"]]["DeletionPolicy"] == "Retain"
+
+
+def test_idempotency_table_has_powertools_key_and_ttl_and_is_disposable(
+    resources: Resources, tables: dict[str, str]
+) -> None:
+    # Given Powertools' DynamoDBPersistenceLayer defaults (key_attr "id", expiry_attr "expiration")
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    defaults = DynamoDBPersistenceLayer(table_name="t", boto3_client=object())  # type: ignore[arg-type]
+    table = resources[tables["idempotency"]]
+    props = table["Properties"]
+    # Then the table is keyed and expires by exactly those attributes, with no sort key or index
+    assert props["KeySchema"] == [{"AttributeName": defaults.key_attr, "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": defaults.expiry_attr, "Enabled": True}
+    assert "GlobalSecondaryIndexes" not in props
+    # And records live 24 h, so the table goes with the stack
+    assert table["DeletionPolicy"] == "Delete"
 
 
 def test_jobs_queue_redrives_to_an_encrypted_dlq_after_three_receives(resources: Resources, stack: Any) -> None:
@@ -278,6 +302,45 @@ def test_environment_satisfies_the_settings_contract(resources: Resources) -> No
         assert env["POWERTOOLS_SERVICE_NAME"] == spec.name
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "AiGateway"
         assert ("WORKFLOW_ARN" in env) == ("workflow:start" in spec.grants), spec.name
+        assert ("IDEMPOTENCY_TABLE" in env) == ("idempotency:readwrite" in spec.grants), spec.name
+
+
+def test_idempotency_table_is_named_to_and_granted_for_the_post_functions_only(
+    resources: Resources, tables: dict[str, str]
+) -> None:
+    # Given the functions serving POST routes that honour Idempotency-Key
+    tagged = {spec.name for spec in routes.FUNCTIONS if "idempotency:readwrite" in spec.grants}
+    assert tagged == {"generate", "jobs"}
+    for spec in routes.FUNCTIONS:
+        _, fn = lambda_functions(resources)[spec.name]
+        env = fn["Properties"]["Environment"]["Variables"]
+        actions = table_actions(role_statements(resources, spec.name), tables["idempotency"])
+        if spec.name in tagged:
+            # Then they get the table's name and exactly the four item calls on it
+            assert env["IDEMPOTENCY_TABLE"] == {"Ref": tables["idempotency"]}, spec.name
+            assert actions == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
+        else:
+            # And no other function can touch it
+            assert "IDEMPOTENCY_TABLE" not in env and not actions, spec.name
+
+
+def test_only_the_jobs_function_sends_to_the_jobs_queue(resources: Resources, stack: Any) -> None:
+    queue_id = logical_id(stack, stack.data.jobs_queue)
+    for spec in routes.FUNCTIONS:
+        statements = role_statements(resources, spec.name)
+        sends = [s for s in statements if "sqs:SendMessage" in as_list(s["Action"])]
+        assert bool(sends) == ("jobs:enqueue" in spec.grants), spec.name
+        for s in sends:
+            assert as_list(s["Action"]) == ["sqs:SendMessage"], spec.name
+            assert set(referenced_ids(s["Resource"])) == {queue_id}, spec.name
+    assert [spec.name for spec in routes.FUNCTIONS if "jobs:enqueue" in spec.grants] == ["jobs"]
+
+
+def test_jobs_routes_are_served_by_the_jobs_function() -> None:
+    served = {(r.method, r.path): r.function for r in routes.ROUTES}
+    assert served[("POST", "/v1/jobs")] == "jobs"
+    assert served[("GET", "/v1/jobs/{job_id}")] == "jobs"
+    assert not any(r.public for r in routes.ROUTES if r.function == "jobs")
 
 
 def test_scoring_dispatch_consumes_jobs_in_batches_with_partial_failures(resources: Resources, stack: Any) -> None:
@@ -461,35 +524,52 @@ def test_state_machine_is_standard_traced_logged_and_tagged_for_the_local_runtim
     assert "StateMachineName" not in props
 
 
-def test_workflow_definition_retries_provider_errors_with_full_jitter_and_catches_to_record_failure(
-    resources: Resources,
-) -> None:
+def test_workflow_definition_is_the_fallback_chain_with_retries_by_error_class(resources: Resources) -> None:
+    from aigateway.resilience.policy import RETRYABLE, caller_errors
+
     definition = state_machine_definition(resources)
     states = definition["States"]
     workflow_fn_id, _ = lambda_functions(resources)["workflow"]
     assert definition["StartAt"] == "MarkProcessing"
     assert states["MarkProcessing"]["Next"] == "Run" and states["MarkProcessing"]["ResultPath"] == "$.marked"
-    run = states["Run"]
-    assert run["ResultPath"] == "$.result" and run["Next"] == "Persist"
-    provider_retry = next(r for r in run["Retry"] if "ProviderRateLimited" in r["ErrorEquals"])
-    assert provider_retry == {
-        "ErrorEquals": ["ProviderRateLimited", "ProviderTimeout", "ProviderError"],
-        "IntervalSeconds": 1,
-        "MaxAttempts": 3,
-        "BackoffRate": 2,
-        "JitterStrategy": "FULL",
-    }
-    assert any("Lambda.TooManyRequestsException" in r["ErrorEquals"] for r in run["Retry"])
-    assert run["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "RecordFailure"}]
+    caller = sorted(caller_errors())
+    for name, stage, on_failure in (("Run", "primary", "RunFallback"), ("RunFallback", "fallback", "Degrade")):
+        step = states[name]
+        assert step["ResultPath"] == "$.result" and step["Next"] == "Persist", name
+        # Transient provider errors: retried by class, exponential backoff with full jitter.
+        provider_retry = next(r for r in step["Retry"] if "ProviderRateLimited" in r["ErrorEquals"])
+        assert provider_retry == {
+            "ErrorEquals": list(RETRYABLE),
+            "IntervalSeconds": 1,
+            "MaxAttempts": 2,
+            "BackoffRate": 2,
+            "JitterStrategy": "FULL",
+        }, name
+        assert set(RETRYABLE) >= {"ProviderRateLimited", "ProviderTimeout", "ProviderError", "ProviderUnreachable"}
+        assert any("Lambda.TooManyRequestsException" in r["ErrorEquals"] for r in step["Retry"]), name
+        # The caller's errors end the job; anything else moves to the next stage of the chain.
+        caller_catch, rest = step["Catch"]
+        assert caller_catch["Next"] == "RecordFailure" and caller_catch["ResultPath"] == "$.error"
+        assert rest == {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": on_failure}, name
+        assert step["Parameters"] == {"action": "run", "stage": stage, "job.$": "$", "attempt.$": "$$.State.RetryCount"}
+    # A too-long input may still fit a fallback model's larger window; after that it is the caller's.
+    assert sorted(states["Run"]["Catch"][0]["ErrorEquals"]) == [e for e in caller if e != "ContextLengthExceeded"]
+    assert sorted(states["RunFallback"]["Catch"][0]["ErrorEquals"]) == caller
+    assert {"ContentFiltered", "BudgetExhausted", "ValidationFailed"} <= set(caller)
+    degrade = states["Degrade"]
+    assert degrade["Parameters"]["stage"] == "degraded" and degrade["Next"] == "Persist"
+    # No job is left `processing`: every step that can fail records the failure.
+    for name in ("MarkProcessing", "Degrade", "Persist"):
+        assert states[name]["Catch"] == [
+            {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "RecordFailure"}
+        ], name
     assert states["RecordFailure"]["Next"] == "Failed" and states["Failed"]["Type"] == "Fail"
     assert states["Persist"]["Next"] == "Done" and states["Done"]["Type"] == "Succeed"
-    actions = {
+    for name, action in {
         "MarkProcessing": "mark_processing",
-        "Run": "run",
         "Persist": "persist",
         "RecordFailure": "record_failure",
-    }
-    for name, action in actions.items():
+    }.items():
         # payload_response_only: the Resource is the function ARN itself, the payload its Parameters.
         assert states[name]["Resource"] == "${" + workflow_fn_id + "}", name
         # The retry count numbers the ledger attempt, so a retried provider call is billed once each.

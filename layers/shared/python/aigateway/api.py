@@ -18,6 +18,8 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Header
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
 
 from aigateway.auth import Principal, principal_from_event
 from aigateway.errors import GatewayError, InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
@@ -56,6 +58,35 @@ class RequestInfo:
     principal: Principal | None
     deadline: Deadline
     client_ip: str | None = None
+
+
+def idempotency_key_header() -> Any:
+    """The `Idempotency-Key` request header of a POST route (validated by `aigateway.idempotency`)."""
+    return Header(
+        alias="Idempotency-Key",
+        description="Makes a retry safe: the same key (per tenant and route, for 24 h) answers with the "
+        "first request's response, marked `Idempotent-Replayed: true`, without running or billing it again. "
+        "1-255 visible ASCII characters.",
+    )
+
+
+def ok_response(description: str, model: Any, *, location: bool = False) -> OpenAPIResponse:
+    """The documented success response of a POST route that honours `Idempotency-Key`.
+
+    Such a route returns `Response[Any]`: its body may be a stored (replayed) JSON document, so it
+    is documented here rather than re-validated against the model on the way out.
+    """
+    headers: dict[str, OpenAPIResponseHeader] = {
+        "Idempotent-Replayed": {
+            "description": "`true` when this is the stored response to an earlier request with the same key",
+            "schema": {"type": "string"},
+        },
+        "X-RateLimit-Limit": {"description": "The tightest applicable limit", "schema": {"type": "integer"}},
+        "X-RateLimit-Remaining": {"description": "Requests left under it", "schema": {"type": "integer"}},
+    }
+    if location:
+        headers["Location"] = {"description": "The created resource", "schema": {"type": "string"}}
+    return {"description": description, "content": {JSON: {"model": model}}, "headers": headers}
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
+from aigateway import idempotency
 from aigateway.cache import ResponseCache
 from aigateway.completion import Completions
 from aigateway.governance.alerts import BudgetAlerts, sns_publisher
@@ -17,9 +19,10 @@ from aigateway.governance.config import GovernanceConfigs
 from aigateway.governance.ledger import Ledger
 from aigateway.governance.limits import RateLimiter
 from aigateway.governance.usage import UsageService
+from aigateway.jobs import JobService
 from aigateway.llm.client import provider_client
 from aigateway.prompts.registry import TemplateRegistry, get_registry
-from aigateway.settings import get_settings
+from aigateway.settings import ConfigurationError, get_settings
 from aigateway.store.dynamo import dynamo
 from aigateway.store.repos import (
     ApiKeys,
@@ -33,6 +36,9 @@ from aigateway.store.repos import (
     Tenants,
     TenantSettings,
 )
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,35 @@ def templates() -> TemplateRegistry:
     return get_registry(get_settings().prompts_dir)
 
 
+@lru_cache(maxsize=1)
+def idempotency_store() -> BasePersistenceLayer:
+    """Powertools' persistence layer on the Idempotency table, built on first use of a key.
+
+    Its own client with the store's timeouts and retries: Powertools tags its client's user agent
+    with `idempotency`, which the store's calls should not carry.
+    """
+    import boto3
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    table = get_settings().idempotency_table
+    if not table:
+        raise ConfigurationError("IDEMPOTENCY_TABLE is not set: this function was not granted idempotency")
+    client = boto3.client("dynamodb", config=dynamo().client.meta.config)
+    return idempotency.prepare(DynamoDBPersistenceLayer(table_name=table, boto3_client=client))
+
+
+@lru_cache(maxsize=1)
+def job_service() -> JobService:
+    s, r = get_settings(), repos()
+    return JobService(
+        jobs=r.jobs,
+        queue_url=s.jobs_queue_url,
+        templates=templates,
+        configs=governance_configs(),
+        limiter=RateLimiter(r.buckets, dynamo()),
+    )
+
+
 def reset() -> None:
     """Forget every cached client and setting (tests, and the local runtime between stacks)."""
     from aigateway.llm import client
@@ -134,6 +169,8 @@ def reset() -> None:
         budget_alerts,
         usage_service,
         completions,
+        idempotency_store,
+        job_service,
         get_registry,
         client.provider_config,
         client._client,

@@ -419,6 +419,11 @@ class Jobs:
     def get(self, job_id: str) -> Item | None:
         return self.db.get(self.table, self._key(job_id), consistent=True)
 
+    def find(self, tenant_id: str, job_id: str) -> Item | None:
+        """The job if it belongs to `tenant_id`; another tenant's job is reported as absent."""
+        item = self.get(job_id)
+        return item if item is not None and item.get("tenant_id") == tenant_id else None
+
     def create(self, job_id: str, *, tenant_id: str, created_at: str, attributes: Item) -> bool:
         item = {
             **self._key(job_id),
