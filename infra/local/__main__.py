@@ -90,7 +90,11 @@ Try it:
   curl -s {url}/v1/health
   curl -s {url}/v1/generate -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
        -d '{body}'
-  # the same request again is a cache hit ("cached": true, cost 0)
+  # the same request again is a cache hit ("cached": true, cost 0); add
+  #   -H 'Idempotency-Key: order-42'   and a retry is the first answer again, not billed twice
+  curl -s {url}/v1/jobs -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
+       -d '{body}'
+  # 202 {{"job_id": …}}; poll it: curl -s {url}/v1/jobs/<job_id> -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/budget -H 'Authorization: Bearer {key}'
   curl -s "{url}/v1/usage/export?month={month}&format=csv" -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/admin/tenants/demo/governance -H 'Authorization: Bearer {key}'
