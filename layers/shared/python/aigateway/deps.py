@@ -22,12 +22,14 @@ from aigateway.governance.usage import UsageService
 from aigateway.jobs import JobService
 from aigateway.llm.client import provider_client
 from aigateway.prompts.registry import TemplateRegistry, get_registry
+from aigateway.resilience.breaker import CircuitBreaker
 from aigateway.settings import ConfigurationError, get_settings
 from aigateway.store.dynamo import dynamo
 from aigateway.store.repos import (
     ApiKeys,
     BudgetCounters,
     CacheEntries,
+    Circuits,
     Jobs,
     LedgerRows,
     RateLimitBuckets,
@@ -53,6 +55,7 @@ class Repos:
     budgets: BudgetCounters
     reservations: Reservations
     rollups: Rollups
+    circuits: Circuits
 
 
 @lru_cache(maxsize=1)
@@ -69,6 +72,7 @@ def repos() -> Repos:
         budgets=BudgetCounters(db, s.state_table),
         reservations=Reservations(db, s.state_table),
         rollups=Rollups(db, s.ledger_table),
+        circuits=Circuits(db, s.state_table),
     )
 
 
@@ -108,6 +112,12 @@ def budget_alerts() -> BudgetAlerts:
 
 
 @lru_cache(maxsize=1)
+def breaker() -> CircuitBreaker:
+    """One per execution environment: its in-memory view of the circuits is shared by its requests."""
+    return CircuitBreaker(repos().circuits)
+
+
+@lru_cache(maxsize=1)
 def completions() -> Completions:
     r = repos()
     return Completions(
@@ -118,7 +128,9 @@ def completions() -> Completions:
         limiter=RateLimiter(r.buckets, dynamo()),
         budgets=budgets(),
         alerts=budget_alerts(),
-        llm=lambda: provider_client(get_settings()),
+        breaker=breaker(),
+        llm=lambda provider: provider_client(get_settings(), provider),
+        attempt_timeout_s=get_settings().openai_timeout_s,
     )
 
 
@@ -167,6 +179,7 @@ def reset() -> None:
         budgets,
         ledger,
         budget_alerts,
+        breaker,
         usage_service,
         completions,
         idempotency_store,

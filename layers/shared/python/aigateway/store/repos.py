@@ -465,3 +465,100 @@ class Jobs:
             names=names,
             condition=f"attribute_exists(pk) AND #s IN ({', '.join(allowed)})",
         )
+
+
+@dataclass(frozen=True)
+class Circuits:
+    """Circuit breakers, one per provider × model: State table, pk `CIRCUITS`, sk `<provider>#<model>`.
+
+    One partition, so a single Query reads every circuit (there are few, and each execution
+    environment reads them at most every couple of seconds). Times are epoch milliseconds.
+    A circuit is `closed` or `open`; an open one whose `open_until_ms` has passed is half-open,
+    and `probe_id` marks the one caller allowed to probe it until `probe_until_ms`.
+    """
+
+    db: Dynamo
+    table: str
+    PK = "CIRCUITS"
+
+    def _key(self, circuit: str) -> Item:
+        return {"pk": self.PK, "sk": circuit}
+
+    def all(self) -> list[Item]:
+        return self.db.query_all(self.table, "pk = :p", {":p": self.PK})
+
+    def count_failure(self, circuit: str, *, now_ms: int, window_ms: int) -> Item:
+        """Adds one failure to the circuit's current window (or starts a new one); returns the item."""
+        cut = now_ms - window_ms
+        for _ in range(2):  # a window started by someone else between the two branches: once more
+            try:
+                return self.db.update(
+                    self.table,
+                    self._key(circuit),
+                    "ADD failures :one SET updated_ms = :now",
+                    values={":one": 1, ":now": now_ms, ":cut": cut},
+                    condition="window_start_ms > :cut",
+                )
+            except ConditionFailed:
+                pass
+            try:
+                return self.db.update(
+                    self.table,
+                    self._key(circuit),
+                    "SET failures = :one, window_start_ms = :now, updated_ms = :now",
+                    values={":one": 1, ":now": now_ms, ":cut": cut},
+                    condition="attribute_not_exists(window_start_ms) OR window_start_ms <= :cut",
+                )
+            except ConditionFailed:
+                pass
+        raise RuntimeError(f"circuit {circuit}: failure not counted after two tries")  # pragma: no cover
+
+    def open(self, circuit: str, *, now_ms: int, until_ms: int) -> bool:
+        """Closed → open; False if it was already open (someone else opened it first)."""
+        try:
+            self.db.update(
+                self.table,
+                self._key(circuit),
+                "SET circuit_state = :open, open_until_ms = :until, opened_ms = :now, updated_ms = :now "
+                "REMOVE probe_id, probe_until_ms",
+                values={":open": "open", ":closed": "closed", ":until": until_ms, ":now": now_ms},
+                condition="attribute_not_exists(circuit_state) OR circuit_state = :closed",
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def claim_probe(self, circuit: str, probe_id: str, *, now_ms: int, lease_ms: int) -> bool:
+        """Half-open: the first caller to claim the probe gets it, for `lease_ms`; the rest do not."""
+        try:
+            self.db.update(
+                self.table,
+                self._key(circuit),
+                "SET probe_id = :id, probe_until_ms = :lease",
+                values={":id": probe_id, ":lease": now_ms + lease_ms, ":now": now_ms, ":open": "open"},
+                condition="circuit_state = :open AND open_until_ms <= :now "
+                "AND (attribute_not_exists(probe_until_ms) OR probe_until_ms <= :now)",
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def end_probe(self, circuit: str, probe_id: str, *, now_ms: int, reopen_until_ms: int | None) -> bool:
+        """The probe's verdict: closed again (None), or open until `reopen_until_ms`."""
+        values: Item = {":id": probe_id, ":now": now_ms}
+        if reopen_until_ms is None:
+            expression = (
+                "SET circuit_state = :closed, failures = :zero, window_start_ms = :now, updated_ms = :now "
+                "REMOVE probe_id, probe_until_ms, open_until_ms"
+            )
+            values.update({":closed": "closed", ":zero": 0})
+        else:
+            expression = (
+                "SET open_until_ms = :until, opened_ms = :now, updated_ms = :now REMOVE probe_id, probe_until_ms"
+            )
+            values[":until"] = reopen_until_ms
+        try:
+            self.db.update(self.table, self._key(circuit), expression, values=values, condition="probe_id = :id")
+        except ConditionFailed:
+            return False
+        return True
