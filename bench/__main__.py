@@ -11,6 +11,9 @@
 4. Peak RSS.
 5. Before vs after governance: the pre-governance commit's own bench in a git worktree, run as
    baseline half, this tree, baseline half (A B A; bench/baseline.py), compared in one table.
+6. Resilience: /v1/generate over 1,000 requests with the provider failing 20 % of calls, with
+   and without fallback models (bench/resilience.py; `python -m bench resilience` runs it alone,
+   `make bench` runs it after sections 1-5 in a process of its own).
 Results also go to build/bench/results.json (`summary` holds the headline figures).
 
 The bench tenants' rate limits and budget are set out of reach (bench/tenant.py): every request
@@ -135,7 +138,15 @@ def _peak_rss_self_mib() -> float:
     return kib / 1024
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["resilience"]:
+        from bench import resilience
+
+        return resilience.main()
+    if args:
+        print("usage: python -m bench [resilience]", file=sys.stderr)
+        return 2
     wall_start = time.perf_counter()
     os.environ.update(QUIET_ENV)
     _bootstrap_path()
