@@ -286,7 +286,7 @@ def run_variant(variant: Variant, template: Path, simulator: Any, provider_url: 
                 from aigateway.resilience.breaker import BreakerSettings
 
                 # This environment's breaker (deps.reset() on stop puts the shipped one back).
-                deps.breaker().settings = BreakerSettings(failure_threshold=NEVER_OPENS)
+                deps.breaker().settings = BreakerSettings(min_failures=NEVER_OPENS)
             gateway = LocalApiGateway(stack)
             server = LocalHttpServer(gateway, port=0)
             base = server.start()

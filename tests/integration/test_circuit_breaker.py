@@ -17,7 +17,9 @@ from tests.integration.governance_support import ledger_rows, skill
 
 CIRCUIT = "simulated#gpt-4o-mini"
 T0 = 1_795_000_000_000  # epoch ms; the breaker is driven with explicit times, no sleeping
-SETTINGS = BreakerSettings(failure_threshold=3, window_s=30, cooldown_s=20, probe_lease_s=10, cache_ttl_s=0)
+SETTINGS = BreakerSettings(
+    min_failures=3, failure_ratio=0.5, window_s=30, cooldown_s=20, probe_lease_s=10, cache_ttl_s=0
+)
 
 
 def environments(n: int = 2) -> list[CircuitBreaker]:
@@ -50,6 +52,24 @@ def test_failures_counted_by_two_environments_open_the_circuit_for_both(stack: L
     assert admit(b, T0 + 3_000 + 19_000) == "refused"
 
 
+def test_a_flaky_model_stays_in_service_while_most_of_its_calls_succeed(stack: LocalStack) -> None:
+    # Given two environments whose calls mostly succeed (successes are tallied, then flushed)
+    a, b = environments()
+    now = int(__import__("time").time() * 1000)
+    for _ in range(8):
+        a.succeeded(CIRCUIT, "closed", None, now)
+    a.refresh(force=True)
+    # When failures arrive — 4 of 12 calls, past the minimum of 3 but under half
+    for i in range(4):
+        b.failed(CIRCUIT, "closed", None, now + i)
+    # Then the circuit stays closed; once failures are half the calls, it opens
+    assert admit(a, now + 10) == "closed"
+    for i in range(4):
+        b.failed(CIRCUIT, "closed", None, now + 20 + i)
+    print("8 successes + 4 failures: closed; + 4 more failures (8 of 16): open")
+    assert admit(a, now + 30) == "refused"
+
+
 def test_failures_spread_wider_than_the_window_do_not_open_it(stack: LocalStack) -> None:
     (a,) = environments(1)
     for i in range(6):  # one failure every 20 s: never 3 within 30 s
@@ -58,9 +78,9 @@ def test_failures_spread_wider_than_the_window_do_not_open_it(stack: LocalStack)
 
 
 def open_circuit(breaker: CircuitBreaker) -> int:
-    for i in range(SETTINGS.failure_threshold):
+    for i in range(SETTINGS.min_failures):
         breaker.failed(CIRCUIT, "closed", None, T0 + i)
-    return T0 + SETTINGS.failure_threshold + int(SETTINGS.cooldown_s * 1000)  # when it turns half-open
+    return T0 + SETTINGS.min_failures + int(SETTINGS.cooldown_s * 1000)  # when it turns half-open
 
 
 def test_half_open_lets_exactly_one_probe_through(stack: LocalStack) -> None:

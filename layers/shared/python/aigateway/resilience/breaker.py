@@ -2,9 +2,13 @@
 
 Reads go through a short in-memory cache (one Query for every circuit, at most every
 `cache_ttl_s`, run beside the request's other first-phase reads), so a healthy model costs no
-round trip. Writes happen only on failures and state changes:
-- closed: failures are counted in a fixed window; the `failure_threshold`-th within `window_s`
-  opens the circuit for `cooldown_s` (one conditional write decides who opened it).
+round trip. Writes happen on failures, on state changes, and for successes at most once per
+`cache_ttl_s` per environment (they are tallied in memory and flushed beside the periodic read):
+- closed: calls are counted in a fixed window of `window_s`. The circuit opens for `cooldown_s`
+  when, in one window, at least `min_failures` calls failed and they are at least
+  `failure_ratio` of the calls counted (one conditional write decides who opened it). A ratio,
+  not a bare count: under heavy traffic a model failing 20 % of calls is flaky, not down, and
+  retries and fallbacks serve it better than shunning it.
 - open: calls to the model are skipped (the chain moves to its next hop) until the cooldown ends.
 - half-open (open, cooldown over): exactly one caller wins a conditional claim and probes; its
   success closes the circuit, its failure re-opens it for another cooldown. Everyone else keeps
@@ -30,7 +34,8 @@ Admission = Literal["closed", "probe"]
 
 @dataclass(frozen=True)
 class BreakerSettings:
-    failure_threshold: int = 5
+    min_failures: int = 5
+    failure_ratio: float = 0.5
     window_s: float = 30.0
     cooldown_s: float = 20.0
     probe_lease_s: float = 30.0
@@ -42,6 +47,7 @@ class CircuitView:
     circuit: str
     state: State
     failures: int
+    successes: int
     open_until_ms: int | None
 
     @classmethod
@@ -50,13 +56,14 @@ class CircuitView:
         state: State = "closed"
         if item.get("circuit_state") == "open":
             state = "open" if open_until is not None and now_ms < open_until else "half_open"
-        return cls(str(item["sk"]), state, int(item.get("failures", 0)), open_until)
+        return cls(str(item["sk"]), state, int(item.get("failures", 0)), int(item.get("successes", 0)), open_until)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "circuit": self.circuit,
             "state": self.state,
             "failures_in_window": self.failures,
+            "successes_in_window": self.successes,
             "open_until_ms": self.open_until_ms,
         }
 
@@ -72,6 +79,7 @@ class CircuitBreaker:
         self._items: dict[str, Item] = {}
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
+        self._successes: dict[str, int] = {}  # tallied here, flushed with the next refresh
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -79,6 +87,11 @@ class CircuitBreaker:
         """Re-reads every circuit if the in-memory copy is older than `cache_ttl_s`."""
         if not force and time.monotonic() - self._loaded_at < self.settings.cache_ttl_s:
             return
+        with self._lock:
+            pending, self._successes = self._successes, {}
+        now_ms = int(time.time() * 1000)
+        for circuit, n in pending.items():
+            self._count(circuit, failures=0, successes=n, now_ms=now_ms)
         items = self.circuits.all()
         with self._lock:
             self._items = {str(i["sk"]): i for i in items}
@@ -88,7 +101,7 @@ class CircuitBreaker:
         with self._lock:
             item = self._items.get(circuit)
         if item is None:
-            return CircuitView(circuit, "closed", 0, None)
+            return CircuitView(circuit, "closed", 0, 0, None)
         return CircuitView.of(item, now_ms)
 
     def views(self, now_ms: int) -> list[CircuitView]:
@@ -116,7 +129,10 @@ class CircuitBreaker:
         raise CircuitOpen(f"{circuit} is being probed; its circuit stays open until the probe answers")
 
     def succeeded(self, circuit: str, admission: Admission, probe_id: str | None, now_ms: int) -> None:
-        """A model answered. Only a probe's success writes (closing the circuit): no cost when healthy."""
+        """A model answered. Tallied in memory; a probe's success closes the circuit at once."""
+        if admission == "closed":
+            with self._lock:
+                self._successes[circuit] = self._successes.get(circuit, 0) + 1
         if (
             admission == "probe"
             and probe_id is not None
@@ -132,13 +148,24 @@ class CircuitBreaker:
             if self.circuits.end_probe(circuit, probe_id, now_ms=now_ms, reopen_until_ms=until):
                 self._transition(circuit, "open", now_ms, reason="probe failed")
             return
-        item = self.circuits.count_failure(circuit, now_ms=now_ms, window_ms=int(s.window_s * 1000))
-        with self._lock:
-            self._items[circuit] = {**self._items.get(circuit, {}), **item}
-        if int(item.get("failures", 0)) >= s.failure_threshold and item.get("circuit_state") != "open":
+        with self._lock:  # this environment's unflushed successes go with the failure
+            successes = self._successes.pop(circuit, 0)
+        item = self._count(circuit, failures=1, successes=successes, now_ms=now_ms)
+        failures, calls = int(item.get("failures", 0)), int(item.get("failures", 0)) + int(item.get("successes", 0))
+        tripped = failures >= s.min_failures and failures >= s.failure_ratio * calls
+        if tripped and item.get("circuit_state") != "open":
             until = now_ms + int(s.cooldown_s * 1000)
             if self.circuits.open(circuit, now_ms=now_ms, until_ms=until):
-                self._transition(circuit, "open", now_ms, reason=f"{item['failures']} failures in {s.window_s:g}s")
+                reason = f"{failures} of {calls} calls failed in {s.window_s:g}s"
+                self._transition(circuit, "open", now_ms, reason=reason)
+
+    def _count(self, circuit: str, *, failures: int, successes: int, now_ms: int) -> Item:
+        item = self.circuits.count(
+            circuit, failures=failures, successes=successes, now_ms=now_ms, window_ms=int(self.settings.window_s * 1000)
+        )
+        with self._lock:
+            self._items[circuit] = {**self._items.get(circuit, {}), **item}
+        return item
 
     def _transition(self, circuit: str, to: str, now_ms: int, *, reason: str | None = None) -> None:
         """Records a state change this environment caused: local view, log line and metric."""

@@ -471,6 +471,8 @@ class Jobs:
 class Circuits:
     """Circuit breakers, one per provider × model: State table, pk `CIRCUITS`, sk `<provider>#<model>`.
 
+    `failures` and `successes` count the calls of the current fixed window (`window_start_ms`).
+
     One partition, so a single Query reads every circuit (there are few, and each execution
     environment reads them at most every couple of seconds). Times are epoch milliseconds.
     A circuit is `closed` or `open`; an open one whose `open_until_ms` has passed is half-open,
@@ -487,16 +489,17 @@ class Circuits:
     def all(self) -> list[Item]:
         return self.db.query_all(self.table, "pk = :p", {":p": self.PK})
 
-    def count_failure(self, circuit: str, *, now_ms: int, window_ms: int) -> Item:
-        """Adds one failure to the circuit's current window (or starts a new one); returns the item."""
+    def count(self, circuit: str, *, failures: int, successes: int, now_ms: int, window_ms: int) -> Item:
+        """Adds calls to the circuit's current window (or starts a new one); returns the item."""
         cut = now_ms - window_ms
+        values = {":f": failures, ":s": successes, ":now": now_ms, ":cut": cut}
         for _ in range(2):  # a window started by someone else between the two branches: once more
             try:
                 return self.db.update(
                     self.table,
                     self._key(circuit),
-                    "ADD failures :one SET updated_ms = :now",
-                    values={":one": 1, ":now": now_ms, ":cut": cut},
+                    "ADD failures :f, successes :s SET updated_ms = :now",
+                    values=values,
                     condition="window_start_ms > :cut",
                 )
             except ConditionFailed:
@@ -505,13 +508,13 @@ class Circuits:
                 return self.db.update(
                     self.table,
                     self._key(circuit),
-                    "SET failures = :one, window_start_ms = :now, updated_ms = :now",
-                    values={":one": 1, ":now": now_ms, ":cut": cut},
+                    "SET failures = :f, successes = :s, window_start_ms = :now, updated_ms = :now",
+                    values=values,
                     condition="attribute_not_exists(window_start_ms) OR window_start_ms <= :cut",
                 )
             except ConditionFailed:
                 pass
-        raise RuntimeError(f"circuit {circuit}: failure not counted after two tries")  # pragma: no cover
+        raise RuntimeError(f"circuit {circuit}: calls not counted after two tries")  # pragma: no cover
 
     def open(self, circuit: str, *, now_ms: int, until_ms: int) -> bool:
         """Closed → open; False if it was already open (someone else opened it first)."""
@@ -548,7 +551,8 @@ class Circuits:
         values: Item = {":id": probe_id, ":now": now_ms}
         if reopen_until_ms is None:
             expression = (
-                "SET circuit_state = :closed, failures = :zero, window_start_ms = :now, updated_ms = :now "
+                "SET circuit_state = :closed, failures = :zero, successes = :zero, window_start_ms = :now, "
+                "updated_ms = :now "
                 "REMOVE probe_id, probe_until_ms, open_until_ms"
             )
             values.update({":closed": "closed", ":zero": 0})
