@@ -14,8 +14,10 @@ import boto3
 
 from aigateway import deps, jobs
 from aigateway.auth import Principal
+from aigateway.completion import MAX_ATTEMPTS
 from infra.local.runtime import LocalStack
-from tests.integration.test_generate import SKILL
+from tests.integration.test_generate import SKILL, ledger_rows
+from workflow.handler import STAGE_BASE
 
 PRINCIPAL = Principal(tenant_id="demo", user_id="demo-admin", key_id="k1", role="admin")
 
@@ -36,18 +38,31 @@ def executions(stack: LocalStack) -> list[dict[str, Any]]:
     return boto3.client("stepfunctions").list_executions(stateMachineArn=arn)["executions"]
 
 
-def run_task_max_attempts(stack: LocalStack, error: str) -> int:
-    """MaxAttempts of the Run state's retrier for `error`, read from the deployed definition."""
+def run_task_max_attempts(stack: LocalStack, error: str, state: str = "Run") -> int:
+    """MaxAttempts of `state`'s retrier for `error`, read from the deployed definition."""
     assert stack.resources is not None
     definition = json.loads(
         boto3.client("stepfunctions").describe_state_machine(stateMachineArn=stack.resources.state_machines["jobs"])[
             "definition"
         ]
     )
-    for retrier in definition["States"]["Run"]["Retry"]:
+    for retrier in definition["States"][state]["Retry"]:
         if error in retrier["ErrorEquals"]:
             return int(retrier.get("MaxAttempts", 3))
-    raise AssertionError(f"no retrier for {error}")
+    raise AssertionError(f"{state} has no retrier for {error}")
+
+
+def states_entered(stack: LocalStack, job_id: str) -> list[str]:
+    """The states the job's execution entered, in order (its execution is named by the job id)."""
+    execution = next(e for e in executions(stack) if e["name"] == job_id)
+    events = boto3.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
+    return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+def job_ledger(stack: LocalStack, job_id: str) -> list[tuple[int, str, str, int]]:
+    """The job's ledger rows as (attempt, model, outcome, cost), in attempt order."""
+    rows = sorted((r for r in ledger_rows(stack) if r["request_id"] == job_id), key=lambda r: int(r["attempt"]))
+    return [(int(r["attempt"]), r["model"], r["outcome"], int(r["cost_micros"])) for r in rows]
 
 
 def test_a_queued_job_runs_through_the_workflow_and_persists_its_result(
@@ -111,7 +126,7 @@ def test_rate_limited_task_is_retried_by_the_state_machine_then_succeeds(
     assert item["status"] == "succeeded" and simulator.stats()["requests"] == 2
 
 
-def test_exhausted_retries_take_the_catch_path_and_record_the_failure(
+def test_exhausted_retries_fall_back_then_degrade_to_the_static_answer(
     stack: LocalStack, demo: Any, simulator: Any
 ) -> None:
     # Given a provider that fails every call with a server error
@@ -121,12 +136,56 @@ def test_exhausted_retries_take_the_catch_path_and_record_the_failure(
         deps.repos().jobs, deps.get_settings().jobs_queue_url or "", principal=PRINCIPAL, kind="generate", request=SKILL
     )
     item = wait_for(job_id, {"succeeded", "failed"}, timeout_s=90)
-    # Then it ran once plus MaxAttempts retries (Step Functions counts retries, not tries),
-    # and the Catch recorded the failure
+    # Then Run called the primary once plus MaxAttempts retries (Step Functions counts retries, not
+    # tries), RunFallback the fallback model as often, and Degrade served the template's static answer
     retries = run_task_max_attempts(stack, "ProviderError")
-    print(f"provider calls before Catch: {simulator.stats()['requests']} (1 + {retries} retries)")
-    assert item["status"] == "failed" and item["error"]["type"] == "ProviderError"
-    assert simulator.stats()["requests"] == 1 + retries
+    assert run_task_max_attempts(stack, "ProviderError", "RunFallback") == retries
+    calls = simulator.stats()["requests"]
+    print(f"provider calls: {calls} (Run 1 + {retries} retries, RunFallback 1 + {retries} retries), then Degrade")
+    assert calls == 2 * (1 + retries)
+    assert item["status"] == "succeeded", item
+    result = item["result"]
+    assert (result["served_by"], result["degraded_reason"], result["fallback"]) == (
+        "static_answer",
+        "provider_error",
+        True,
+    )
+    assert result["model"] is None and result["cost_micros"] == 0
+    deps.templates().get("skill_assessment").output_model.model_validate(result["output"])  # or raises
+    assert states_entered(stack, job_id) == [
+        "MarkProcessing",
+        "Run",
+        "RunFallback",
+        "Degrade",
+        "Persist",
+        "Done",
+    ]
+    # And every attempt is a zero-cost ledger row numbered by stage and retry, then the degraded answer's row
+    stage = [r * MAX_ATTEMPTS for r in range(1 + retries)]
+    assert job_ledger(stack, job_id) == [
+        *[(STAGE_BASE["primary"] + n, "gpt-4o-mini", "failure", 0) for n in stage],
+        *[(STAGE_BASE["fallback"] + n, "gpt-4.1-mini", "failure", 0) for n in stage],
+        (STAGE_BASE["degraded"], "static-answer", "fallback", 0),
+    ]
+    assert [a for a, *_ in job_ledger(stack, job_id)] == [0, 10, 20, 100, 110, 120, 200]
+
+
+def test_a_caller_error_goes_straight_to_record_failure(stack: LocalStack, demo: Any, simulator: Any) -> None:
+    # Given a provider whose content filter refuses the input
+    simulator.set_faults({"script": ["content_filter"] * 5})
+    # When a job runs
+    job_id = jobs.enqueue(
+        deps.repos().jobs, deps.get_settings().jobs_queue_url or "", principal=PRINCIPAL, kind="generate", request=SKILL
+    )
+    item = wait_for(job_id, {"succeeded", "failed"})
+    # Then the job failed with the domain error's class, after one provider call: no retry, no
+    # fallback model and no static answer can fix the content
+    assert item["status"] == "failed", item
+    assert item["error"]["type"] == "ContentFiltered" and item["error"]["cause"]
+    assert simulator.stats()["requests"] == 1
+    assert states_entered(stack, job_id) == ["MarkProcessing", "Run", "RecordFailure", "Failed"]
+    # And its one attempt is a zero-cost failure row
+    assert job_ledger(stack, job_id) == [(0, "gpt-4o-mini", "failure", 0)]
 
 
 def test_poison_message_is_reported_alone_and_reaches_the_dlq(stack: LocalStack, demo: Any) -> None:
