@@ -43,7 +43,7 @@ def serve(port: int) -> None:
         if simulator
         else f"OpenAI-compatible ({os.environ.get('OPENAI_BASE_URL') or 'api.openai.com'})"
     )
-    print(_banner(url, demo.api_key, provider), flush=True)
+    print(_banner(url, demo.api_key, provider, overrides.get("SIMULATOR_URL")), flush=True)
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -73,13 +73,15 @@ def fire_schedule(name: str, port: int) -> None:
         sys.exit(f"no local stack on port {port} ({exc.reason}); start it with `make run`")
 
 
-def _banner(url: str, key: str, provider: str) -> str:
+def _banner(url: str, key: str, provider: str, simulator_url: str | None = None) -> str:
     month = time.strftime("%Y-%m", time.gmtime())
-    body = (
-        '{"template":"skill_assessment","variables":{"skill":"SQL",'
-        '"question":"What does a LEFT JOIN return?",'
-        '"answer":"All rows from the left table and matching rows from the right, with NULLs where nothing matches."}}'
-    )
+    faults = ""
+    if simulator_url:  # make the simulated provider fail, then see the fallback chain answer
+        script = '{"script":["500","500","500","500"]}'
+        faults = (
+            f"  curl -s -X POST {simulator_url.removesuffix('/v1')}/_sim/faults -d '{script}'\n"
+            '  # then a new generate request is answered by the static fallback: "served_by": "static_answer"\n'
+        )
     return f"""
 Serverless AI Gateway is running on the embedded runtime at {url}
   model provider : {provider}
@@ -99,7 +101,7 @@ Try it:
   curl -s "{url}/v1/usage/export?month={month}&format=csv" -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/admin/tenants/demo/governance -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/openapi.json | head -c 400
-  # schedules do not tick locally; fire one: python -m infra.local schedule reservation-sweeper
+{faults}  # schedules do not tick locally; fire one: python -m infra.local schedule reservation-sweeper
 
 Ctrl-C stops it (state lives in memory and starts fresh next time).
 """

@@ -50,7 +50,9 @@ class GenerateResponse(BaseModel):
     degraded_reason: str | None = Field(
         description="Why the request left its primary path (an error code such as provider_rate_limited)"
     )
-    attempts: int = Field(description="Provider attempts this request made (each is a ledger row)")
+    attempts: int = Field(
+        description="Provider attempts this call made (each is a ledger row); for a job, those of its final stage"
+    )
     usage: UsageOut
     cost_usd: float = Field(description="What this request cost (0 for a cache hit), in USD")
     cost_micros: int = Field(description="The same, exact, in micro-USD")
