@@ -82,6 +82,11 @@ def _banner(url: str, key: str, provider: str, simulator_url: str | None = None)
             f"  curl -s -X POST {simulator_url.removesuffix('/v1')}/_sim/faults -d '{script}'\n"
             '  # then a new generate request is answered by the static fallback: "served_by": "static_answer"\n'
         )
+    body = (
+        '{"template":"skill_assessment","variables":{"skill":"SQL",'
+        '"question":"What does a LEFT JOIN return?",'
+        '"answer":"All rows from the left table and matching rows from the right, with NULLs where nothing matches."}}'
+    )
     return f"""
 Serverless AI Gateway is running on the embedded runtime at {url}
   model provider : {provider}
