@@ -450,7 +450,7 @@ def render(results: dict[str, dict[str, Any]], env: dict[str, Any], total_s: flo
     )
     out.append(
         "  every run: a fresh stack (empty cache, all circuits closed), the simulator re-seeded (its n-th call fails"
-        " alike in every run); breaker as shipped: opens after 5 failures in 30 s, for 20 s."
+        " alike in every run); breaker as shipped: opens for 20 s when ≥ 5 calls and ≥ 50 % of a 30 s window failed."
     )
     for key in keys:
         v = next(x for x in VARIANTS if x.key == key)
