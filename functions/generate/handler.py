@@ -10,12 +10,12 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body
 
-from aigateway import deps, idempotency
+from aigateway import deps
 from aigateway.api import (
-    JSON,
     create_app,
     entrypoint,
     idempotency_key_header,
+    idempotent_response,
     ok_response,
     request_info,
     require_principal,
@@ -45,16 +45,7 @@ def post_generate(
         response, headers = generate(request, ctx, templates=deps.templates(), completions=deps.completions())
         return Reply(200, response.model_dump(mode="json"), headers)
 
-    reply = idempotency.once(
-        deps.idempotency_store,
-        tenant_id=principal.tenant_id,
-        route="POST /v1/generate",
-        key=idempotency_key,
-        payload=request.model_dump(mode="json"),
-        run=run,
-        lambda_context=app.lambda_context,
-    )
-    return Response(reply.status, JSON, reply.body, reply.headers)
+    return idempotent_response(app, key=idempotency_key, payload=request, run=run, store=deps.idempotency_store)
 
 
 lambda_handler = entrypoint(app)

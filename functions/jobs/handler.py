@@ -10,12 +10,12 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 
-from aigateway import deps, idempotency
+from aigateway import deps
 from aigateway.api import (
-    JSON,
     create_app,
     entrypoint,
     idempotency_key_header,
+    idempotent_response,
     ok_response,
     request_info,
     require_principal,
@@ -46,16 +46,7 @@ def post_job(
         accepted, headers = deps.job_service().submit(request, principal, client_ip=info.client_ip)
         return Reply(202, accepted.model_dump(mode="json"), {**headers, "Location": accepted.links["self"]})
 
-    reply = idempotency.once(
-        deps.idempotency_store,
-        tenant_id=principal.tenant_id,
-        route="POST /v1/jobs",
-        key=idempotency_key,
-        payload=request.model_dump(mode="json"),
-        run=run,
-        lambda_context=app.lambda_context,
-    )
-    return Response(reply.status, JSON, reply.body, reply.headers)
+    return idempotent_response(app, key=idempotency_key, payload=request, run=run, store=deps.idempotency_store)
 
 
 @app.get("/v1/jobs/<job_id>", summary="A job's status, and its result or error once it has ended", tags=["jobs"])

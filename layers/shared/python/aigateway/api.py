@@ -21,6 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.params import Header
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
 
+from aigateway import idempotency
 from aigateway.auth import Principal, principal_from_event
 from aigateway.errors import GatewayError, InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
 from aigateway.ids import new_id
@@ -87,6 +88,31 @@ def ok_response(description: str, model: Any, *, location: bool = False) -> Open
     if location:
         headers["Location"] = {"description": "The created resource", "schema": {"type": "string"}}
     return {"description": description, "content": {JSON: {"model": model}}, "headers": headers}
+
+
+def idempotent_response(
+    app: APIGatewayHttpResolver,
+    *,
+    key: str | None,
+    payload: Any,
+    run: Callable[[], idempotency.Reply],
+    store: Callable[[], Any],
+) -> Response:
+    """A POST route's answer, run at most once per (tenant, route, Idempotency-Key).
+
+    `payload` is the validated request model (hashed to catch a key reused with another body);
+    `store` the persistence factory (`deps.idempotency_store`), built only when a key is sent.
+    """
+    reply = idempotency.once(
+        store,
+        tenant_id=require_principal(app).tenant_id,
+        route=str(app.current_event.raw_event.get("routeKey")),
+        key=key,
+        payload=payload.model_dump(mode="json"),
+        run=run,
+        lambda_context=app.lambda_context,
+    )
+    return Response(reply.status, JSON, reply.body, reply.headers)
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
