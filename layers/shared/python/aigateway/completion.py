@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -663,8 +663,6 @@ def ledger_entry(
 
 
 def _labelled(result: CompletionResult, *, degraded_reason: str) -> CompletionResult:
-    from dataclasses import replace
-
     return replace(result, degraded_reason=result.degraded_reason or degraded_reason)
 
 
