@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
-from aigateway.llm import tokens
+from aigateway.llm import simulated_scoring, tokens
 from aigateway.llm.catalog import MODELS, ModelSpec
 
 if TYPE_CHECKING:
@@ -917,6 +917,10 @@ def _content(model: str, messages: Sequence[dict[str, Any]], fmt: object, digest
     rng = random.Random(int(digest[:16], 16))
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         json_schema = fmt.get("json_schema") or {}
+        if isinstance(json_schema, dict) and json_schema.get("name") == simulated_scoring.SCHEMA_NAME:
+            # The first user message is the lead (later ones may be repair requests).
+            user = next((m for m in messages if m.get("role") == "user"), {})
+            return json.dumps(simulated_scoring.judge(" ".join(_texts(user.get("content")))), ensure_ascii=False)
         schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
         value = _SchemaFaker(schema if isinstance(schema, dict) else {}, rng).value()
         return json.dumps(value, ensure_ascii=False)

@@ -262,4 +262,3 @@ class ScoreOut(BaseModel):
     scored_at: str
     trigger: str
     job_id: str
-
