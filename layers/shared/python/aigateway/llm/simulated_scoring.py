@@ -18,8 +18,7 @@ _FIELD = re.compile(r'<field name="([^"]+)">(.*?)</field>', re.DOTALL)
 _WORD = re.compile(r"[a-z][a-z0-9]+")
 _NUMBER = re.compile(r"\d[\d,]*")
 _STOP = frozenset(
-    [
-        
+    (
         "the",
         "and",
         "for",
@@ -50,8 +49,7 @@ _STOP = frozenset(
         "one",
         "two",
         "per",
-    ,
-    ]
+    )
 )
 
 
