@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := layers/shared/python:functions:.
 
-.PHONY: install run test unit lint typecheck bench export synth layers deploy clean
+.PHONY: install run test unit lint typecheck bench export score synth layers deploy clean
 
 $(STAMP): requirements-dev.txt layers/deps/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: install
 export: install
 	@test -n "$(MONTH)" || { echo "usage: make export MONTH=YYYY-MM [FORMAT=csv|jsonl] [TENANT=id|*] [OUT=path]"; exit 2; }
 	$(PY) -m cli export --month $(MONTH) $(if $(FORMAT),--format $(FORMAT)) $(if $(TENANT),--tenant '$(TENANT)') $(if $(OUT),--out $(OUT))
+
+## Score a CSV of sales leads through the API: make score CSV=path [OUT=path] (results in INPUT.scored.csv by
+## default; rerun the same command to resume an interrupted run; key and server as for export).
+score: install
+	@test -n "$(CSV)" || { echo "usage: make score CSV=path [OUT=path]"; exit 2; }
+	$(PY) -m cli score '$(CSV)' $(if $(OUT),--out '$(OUT)')
 
 layers: install
 	$(PY) -c "from infra.layers import build_deps_layer, build_shared_layer; print(build_deps_layer()); print(build_shared_layer())"

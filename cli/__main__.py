@@ -1,4 +1,5 @@
-"""`python -m cli export --month YYYY-MM ...`: see `cli/export.py`."""
+"""`python -m cli export --month YYYY-MM ...`: see `cli/export.py`; `python -m cli score INPUT.csv ...`:
+see `cli/score.py`."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import export
+from cli import export, score
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cli", description="AI Gateway operator commands")
     commands = parser.add_subparsers(dest="command", required=True)
     export.add_parser(commands)
-    args = parser.parse_args(argv)
+    score.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     result: int = args.run(args)
     return result
 
