@@ -55,6 +55,13 @@ class Data(Construct):
             sort_key=dynamodb.Attribute(name="gsi1sk", type=STRING),
             projection_type=dynamodb.ProjectionType.ALL,
         )
+        # Jobs by status, leads by when they were last scored (see docs/architecture.md).
+        self.state_table.add_global_secondary_index(
+            index_name="gsi2",
+            partition_key=dynamodb.Attribute(name="gsi2pk", type=STRING),
+            sort_key=dynamodb.Attribute(name="gsi2sk", type=STRING),
+            projection_type=dynamodb.ProjectionType.ALL,
+        )
         # Idempotency-Key records (Powertools' layout: `id`, TTL on `expiration`); they live 24 h.
         self.idempotency_table = self._table(
             "Idempotency", partition_key="id", sort_key=False, ttl=True, ttl_attribute="expiration", retain=False
@@ -131,6 +138,30 @@ class Data(Construct):
             server_access_logs_bucket=self.access_logs_bucket,
             server_access_logs_prefix="exports/",
             removal_policy=RemovalPolicy.RETAIN,
+        )
+
+        # Lead files: `incoming/<tenant>/<file>` in, `reports/<tenant>/<file>.json` out. S3 sends
+        # its object events to EventBridge (infra/schedules.py routes them to lead_batch).
+        self.imports_bucket = s3.Bucket(
+            self,
+            "Imports",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.key,
+            bucket_key_enabled=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=self.access_logs_bucket,
+            server_access_logs_prefix="imports/",
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        # Set on the CloudFormation resource itself: `event_bridge_enabled=True` would add CDK's
+        # bucket-notifications custom resource (one more Lambda, with a managed-policy role).
+        imports_cfn = self.imports_bucket.node.default_child
+        assert isinstance(imports_cfn, s3.CfnBucket)
+        imports_cfn.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
+            event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True)
         )
 
     def _table(

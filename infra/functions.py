@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Stack, Validations
+from aws_cdk import Acknowledgment, ArnFormat, Duration, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -77,7 +77,7 @@ class Functions(Construct):
         for spec in routes.FUNCTIONS:
             self.by_name[spec.name] = self._function(spec)
             for tag in spec.grants:
-                if tag != "workflow:start":  # granted in bind_workflow (the machine comes later)
+                if not tag.startswith("workflow:"):  # granted in bind_workflow (the machine comes later)
                     self._grant(tag, self.by_name[spec.name])
 
         self.by_name[JOBS_CONSUMER].add_event_source(
@@ -158,6 +158,16 @@ class Functions(Construct):
                     "<table arn>/index/*, which is scoped to this one table.",
                 )
             )
+        if "imports:readwrite" in spec.grants:
+            bucket = stack.get_logical_id(_cfn_bucket(data.imports_bucket))
+            for prefix in ("incoming", "reports"):
+                acknowledgments.append(
+                    (
+                        f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/{prefix}/*]",
+                        "Lead files are named by their tenant and uploader: the grant names the "
+                        f"{prefix}/ prefix (read incoming files, write their reports), not each object.",
+                    )
+                )
         if "exports:write" in spec.grants:
             bucket = stack.get_logical_id(_cfn_bucket(data.exports_bucket))
             acknowledgments.append(
@@ -199,11 +209,18 @@ class Functions(Construct):
             # Idempotency-Key records (Powertools' persistence layer): the table name in the
             # environment, and exactly the four item calls it makes.
             "idempotency:readwrite": self._idempotency,
+            # Reading lead files under incoming/ and writing their reports under reports/.
+            "imports:readwrite": self._imports,
             # Sending job messages to the Jobs queue (SSE-KMS), nothing else on it.
             "jobs:enqueue": lambda fn: self._allow(fn, ["sqs:SendMessage"], [d.jobs_queue.queue_arn]),
             # A new tag is added here, with a test in tests/infra/test_stack.py and no unexplained
             # cdk-nag finding (CDK's convenience grants use action wildcards).
         }
+
+    def _imports(self, fn: lambda_.Function) -> None:
+        bucket = self._data.imports_bucket
+        self._allow(fn, ["s3:GetObject"], [bucket.arn_for_objects("incoming/*")])
+        self._allow(fn, ["s3:PutObject"], [bucket.arn_for_objects("reports/*")])
 
     def _idempotency(self, fn: lambda_.Function) -> None:
         table = self._data.idempotency_table
@@ -233,10 +250,35 @@ class Functions(Construct):
         cannot reference it at construction time without a cycle for the workflow function.
         """
         for spec in routes.FUNCTIONS:
-            if "workflow:start" in spec.grants:
-                fn = self.by_name[spec.name]
+            fn = self.by_name[spec.name]
+            if "workflow:start" in spec.grants or "workflow:stop" in spec.grants:
                 fn.add_environment("WORKFLOW_ARN", state_machine.state_machine_arn)
+            if "workflow:start" in spec.grants:
                 state_machine.grant_start_execution(fn)
+            if "workflow:stop" in spec.grants:
+                # StopExecution names an execution: <machine's execution prefix>:<execution name>.
+                executions = Stack.of(self).format_arn(
+                    service="states",
+                    resource="execution",
+                    resource_name=f"{state_machine.state_machine_name}:*",
+                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                )
+                fn.add_to_role_policy(iam.PolicyStatement(actions=["states:StopExecution"], resources=[executions]))
+                machine = Stack.of(self).get_logical_id(_cfn_machine(state_machine))
+                Validations.of(fn).acknowledge(
+                    Acknowledgment(
+                        id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:"
+                        f"<AWS::AccountId>:execution:<{machine}.Name>:*]",
+                        reason="StopExecution on this state machine's executions (named by job id at run "
+                        "time), to cancel a job; no other state machine.",
+                    )
+                )
+
+
+def _cfn_machine(machine: sfn.StateMachine) -> sfn.CfnStateMachine:
+    cfn = machine.node.default_child
+    assert isinstance(cfn, sfn.CfnStateMachine)
+    return cfn
 
 
 def _cfn_bucket(bucket: s3.Bucket) -> s3.CfnBucket:

@@ -25,5 +25,5 @@ class AiGatewayStack(Stack):
         self.workflow = Workflow(self, "Workflow", handler=self.functions.by_name["workflow"])
         self.functions.bind_workflow(self.workflow.state_machine)
         self.api = Api(self, "Api", functions=self.functions)
-        self.schedules = Schedules(self, "Schedules", functions=self.functions)
+        self.schedules = Schedules(self, "Schedules", functions=self.functions, data=self.data)
         self.observability = Observability(self, "Observability", data=self.data)

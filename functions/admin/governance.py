@@ -61,20 +61,20 @@ def _report(tenant_id: str, config: Governance, now: datetime) -> GovernanceOut:
     )
 
 
-def _existing_tenant(tenant_id: str) -> None:
+def existing_tenant(tenant_id: str) -> None:
     if deps.repos().tenants.get(tenant_id) is None:
         raise NotFound(f"no tenant {tenant_id!r}", field="tenant_id")
 
 
 def get_governance(principal: Principal, tenant_id: str) -> GovernanceOut:
     require_admin(principal)
-    _existing_tenant(tenant_id)
+    existing_tenant(tenant_id)
     return _report(tenant_id, deps.governance_configs().get(tenant_id, fresh=True), datetime.now(UTC))
 
 
 def put_governance(principal: Principal, tenant_id: str, config: Governance) -> GovernanceOut:
     require_admin(principal)
-    _existing_tenant(tenant_id)
+    existing_tenant(tenant_id)
     now = datetime.now(UTC)
     deps.governance_configs().put(tenant_id, config, updated_by=principal.key_id, at=now.isoformat())
     deps.budgets().apply_limits(tenant_id, config, period_of(now))

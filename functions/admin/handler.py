@@ -1,4 +1,5 @@
-"""Lambda for operator endpoints: health and OpenAPI (public), tenant governance (admin keys only)."""
+"""Lambda for operator endpoints: health and OpenAPI (public); tenant governance and lead-scoring
+settings (admin keys only)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 
 from admin.governance import GovernanceOut, get_governance, put_governance
 from admin.health import check_health, openapi_document
+from admin.scoring import get_scoring, put_scoring
 from aigateway.api import create_app, entrypoint, json_response, require_principal
 from aigateway.governance.config import Governance
+from aigateway.scoring.models import ScoringSettings, ScoringSettingsIn
 
 TENANT_ID = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Tenant id")
 
@@ -48,6 +51,26 @@ def put_tenant_governance(
     tenant_id: Annotated[str, TENANT_ID], governance: Annotated[Governance, Body()]
 ) -> GovernanceOut:
     return put_governance(require_principal(app), tenant_id, governance)
+
+
+@app.get(
+    "/v1/admin/tenants/<tenant_id>/scoring",
+    summary="A tenant's lead-scoring criteria, thresholds and field rules (admin)",
+    tags=["admin"],
+)
+def get_tenant_scoring(tenant_id: Annotated[str, TENANT_ID]) -> ScoringSettings:
+    return get_scoring(require_principal(app), tenant_id)
+
+
+@app.put(
+    "/v1/admin/tenants/<tenant_id>/scoring",
+    summary="Replace a tenant's lead-scoring settings (admin); a new version applies to later scores",
+    tags=["admin"],
+)
+def put_tenant_scoring(
+    tenant_id: Annotated[str, TENANT_ID], settings: Annotated[ScoringSettingsIn, Body()]
+) -> ScoringSettings:
+    return put_scoring(require_principal(app), tenant_id, settings)
 
 
 lambda_handler = entrypoint(app, public_routes=frozenset({"GET /v1/health", "GET /v1/openapi.json"}))

@@ -42,9 +42,12 @@ class EventSource:
 
 @dataclass
 class ScheduledTarget:
+    """An EventBridge rule's function target: on a schedule (`expression`) or on an event pattern."""
+
     function: str
     expression: str
     input: dict[str, Any]
+    pattern: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -263,13 +266,17 @@ class Provisioner:
         self.out.state_machines[metadata.get("aigateway:workflow", logical_id)] = arn
 
     def _create_events_rule(self, logical_id: str, props: dict[str, Any], metadata: dict[str, Any]) -> None:
-        """Schedules are not run on a clock locally: `LocalStack.run_schedule(name)` fires one."""
+        """Rules do not fire by themselves locally: `LocalStack.run_schedule(name)` fires a schedule,
+        `LocalStack.drop_import(...)` puts a file and delivers the imports rule's S3 event."""
         name = metadata.get("aigateway:schedule", logical_id)
         for target in props.get("Targets", []):
             function = self.out.function_by_arn_or_name(str(self.resolve(target["Arn"])))
             if function is not None:
                 self.out.schedules[name] = ScheduledTarget(
-                    function.name, props.get("ScheduleExpression", ""), json.loads(target.get("Input") or "{}")
+                    function.name,
+                    props.get("ScheduleExpression", ""),
+                    json.loads(target.get("Input") or "{}"),
+                    self.resolve(props.get("EventPattern") or {}),
                 )
         self.out.physical[logical_id] = f"local-{logical_id}"
         self.out.arns[logical_id] = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{logical_id}"

@@ -290,6 +290,38 @@ class LocalStack:
         # A rule with a constant Input delivers that Input instead of the scheduled event.
         return self.invoke(target.function, target.input or event)
 
+    def drop_import(self, tenant_id: str, name: str, body: bytes) -> Any:
+        """Drops a lead file in the imports bucket, then delivers the "Object Created" event S3
+        would send to EventBridge to the imports rule's function (moto does not route S3 events
+        to rule targets); returns the function's import report."""
+        import boto3
+
+        assert self.resources is not None
+        rule = self.resources.schedules["lead-imports"]
+        bucket = rule.pattern["detail"]["bucket"]["name"][0]
+        key = f"incoming/{tenant_id}/{name}"
+        s3 = boto3.client("s3", region_name=REGION)
+        put = s3.put_object(Bucket=bucket, Key=key, Body=body)
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "account": "123456789012",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": REGION,
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {
+                "version": "0",
+                "bucket": {"name": bucket},
+                "object": {"key": key, "size": len(body), "etag": put["ETag"].strip('"')},
+                "request-id": str(uuid.uuid4()),
+                "requester": "123456789012",
+                "reason": "PutObject",
+            },
+        }
+        return self.invoke(rule.function, event)
+
     # --- SQS event sources -----------------------------------------------------------------
     def _poll(self, source: Any) -> None:
         import boto3

@@ -11,6 +11,7 @@ from typing import Any
 from infra.local.apigateway import HttpResponse, LocalApiGateway
 
 LOCAL_CONTROL = "/_local/schedules/"
+LOCAL_IMPORTS = "/_local/imports/"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -28,6 +29,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if self.path.startswith(LOCAL_CONTROL):
             response = self._control()
+        elif self.path.startswith(LOCAL_IMPORTS):
+            response = self._import(body)
         else:
             response = self.gateway.handle(
                 self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
@@ -50,6 +53,19 @@ class _Handler(BaseHTTPRequestHandler):
         except KeyError as exc:
             return HttpResponse(404, {"content-type": "application/json"}, json.dumps({"message": str(exc)}).encode())
         return HttpResponse(200, {"content-type": "application/json"}, json.dumps(result).encode())
+
+    def _import(self, body: bytes) -> HttpResponse:
+        """`PUT /_local/imports/<tenant>/<file.csv|jsonl>`: drop a lead file in the imports bucket
+        (as `aws s3 cp` would on AWS); answers the import report."""
+        parts = self.path[len(LOCAL_IMPORTS) :].strip("/").split("/")
+        if self.command != "PUT" or len(parts) != 2:
+            message = b'{"message":"use PUT /_local/imports/<tenant>/<file.csv|jsonl>"}'
+            return HttpResponse(400, {"content-type": "application/json"}, message)
+        try:
+            report = self.gateway.stack.drop_import(parts[0], parts[1], body)
+        except Exception as exc:  # noqa: BLE001 - a local operator hook: say what went wrong
+            return HttpResponse(400, {"content-type": "application/json"}, json.dumps({"message": str(exc)}).encode())
+        return HttpResponse(200, {"content-type": "application/json"}, json.dumps(report).encode())
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

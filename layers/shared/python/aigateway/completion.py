@@ -119,6 +119,7 @@ class CompletionSpec:
     cache_ttl_s: int
     validate: OutputValidator
     static_answer: str | None = None  # the template's labelled last resort, as model output text
+    static_model: str = STATIC_MODEL  # the ledger's model name for it (lead scoring: the rules scorer)
     stale_if_error_s: int = 0  # how long past its TTL a cache entry may still serve, labelled
 
     @property
@@ -514,7 +515,9 @@ class Completions:
         # The degraded answer's own row follows the attempts' rows; it is not a provider attempt.
         attempt = run.next_attempt
         run.next_attempt += 1
-        entry = run.row(attempt, model or STATIC_MODEL, provider, "fallback", Usage(0, 0, 0), 0, None, error=reason)
+        entry = run.row(
+            attempt, model or spec.static_model, provider, "fallback", Usage(0, 0, 0), 0, None, error=reason
+        )
         self._settle(run.ctx, entry, None, {})
         result = CompletionResult(
             output=output,

@@ -23,6 +23,7 @@ from aigateway.jobs import JobService
 from aigateway.llm.client import provider_client
 from aigateway.prompts.registry import TemplateRegistry, get_registry
 from aigateway.resilience.breaker import CircuitBreaker
+from aigateway.scoring.service import LeadScorer, LeadService, ScoringConfigs
 from aigateway.settings import ConfigurationError, get_settings
 from aigateway.store.dynamo import dynamo
 from aigateway.store.repos import (
@@ -31,10 +32,12 @@ from aigateway.store.repos import (
     CacheEntries,
     Circuits,
     Jobs,
+    Leads,
     LedgerRows,
     RateLimitBuckets,
     Reservations,
     Rollups,
+    ScoringSettingsRepo,
     Tenants,
     TenantSettings,
 )
@@ -56,6 +59,8 @@ class Repos:
     reservations: Reservations
     rollups: Rollups
     circuits: Circuits
+    leads: Leads
+    scoring: ScoringSettingsRepo
 
 
 @lru_cache(maxsize=1)
@@ -73,6 +78,8 @@ def repos() -> Repos:
         reservations=Reservations(db, s.state_table),
         rollups=Rollups(db, s.ledger_table),
         circuits=Circuits(db, s.state_table),
+        leads=Leads(db, s.state_table),
+        scoring=ScoringSettingsRepo(db, s.state_table),
     )
 
 
@@ -164,6 +171,38 @@ def job_service() -> JobService:
         templates=templates,
         configs=governance_configs(),
         limiter=RateLimiter(r.buckets, dynamo()),
+        workflow_arn=s.workflow_arn,
+    )
+
+
+@lru_cache(maxsize=1)
+def scoring_configs() -> ScoringConfigs:
+    return ScoringConfigs(repos().scoring)
+
+
+@lru_cache(maxsize=1)
+def lead_service() -> LeadService:
+    s, r = get_settings(), repos()
+    return LeadService(
+        leads=r.leads,
+        jobs=r.jobs,
+        configs=scoring_configs(),
+        governance=governance_configs(),
+        limiter=RateLimiter(r.buckets, dynamo()),
+        queue_url=s.jobs_queue_url,
+    )
+
+
+@lru_cache(maxsize=1)
+def lead_scorer() -> LeadScorer:
+    r = repos()
+    return LeadScorer(
+        db=dynamo(),
+        leads=r.leads,
+        jobs=r.jobs,
+        configs=scoring_configs(),
+        templates=templates,
+        completions=completions(),
     )
 
 
@@ -184,6 +223,9 @@ def reset() -> None:
         completions,
         idempotency_store,
         job_service,
+        scoring_configs,
+        lead_service,
+        lead_scorer,
         get_registry,
         client.provider_config,
         client._client,

@@ -270,3 +270,37 @@ def code_of(class_name: str) -> str | None:
             return cls.code
         todo.extend(cls.__subclasses__())
     return None
+
+
+class UnknownLeads(NotFound):
+    """Lead ids that this tenant has no lead for (nothing was queued)."""
+
+    code = "unknown_leads"
+
+
+class JobFinished(GatewayError):
+    """The job has already ended (succeeded, failed or cancelled): it cannot be cancelled."""
+
+    code = "job_finished"
+    status = 409
+
+
+class JobNotRetryable(GatewayError):
+    """Only a failed or cancelled job can be retried."""
+
+    code = "job_not_retryable"
+    status = 409
+
+
+class JobCancelled(GatewayError):
+    """The job was cancelled before its workflow reached it: the workflow stops without writing."""
+
+    code = "job_cancelled"
+    status = 409
+
+
+class VersionConflict(GatewayError):
+    """Someone else changed the record since it was read; read it again and retry."""
+
+    code = "version_conflict"
+    status = 409

@@ -80,6 +80,16 @@ def model_calls(
     return tuple(calls)
 
 
+def response_format_of(template: PromptTemplate) -> dict[str, Any] | None:
+    """Structured Outputs for a template with an output schema (named after the template)."""
+    if template.output_schema is None:
+        return None
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": template.name, "schema": template.output_schema, "strict": True},
+    }
+
+
 def generate(
     request: GenerateRequest,
     ctx: CallContext,
@@ -99,12 +109,7 @@ def generate(
     calls = model_calls(
         template, profile, request.max_tokens or template.max_tokens, caller_chose=request.model_profile is not None
     )
-    response_format = None
-    if template.output_schema is not None:
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {"name": template.name, "schema": template.output_schema, "strict": True},
-        }
+    response_format = response_format_of(template)
     ctx = replace(ctx, template=template.ref)  # the caller names the feature (generate, jobs …)
     static = template.fallback
     result = completions.complete(

@@ -125,13 +125,13 @@ def rate(rule: Rule, view: LeadView, as_of: date) -> tuple[float, list[str]]:
             number = re.search(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
             if number is None:
                 continue
-            value = float(number.group(0))
+            amount = float(number.group(0))
             lo = rule.min if rule.min is not None else -math.inf
             hi = rule.max if rule.max is not None else math.inf
-            if lo <= value <= hi:
+            if lo <= amount <= hi:
                 return 1.0, [text[:MAX_QUOTE]]
-            near = (lo * 0.5 <= value < lo) if rule.min is not None else False
-            near = near or ((hi < value <= hi * 1.5) if rule.max is not None else False)
+            near = (lo * 0.5 <= amount < lo) if rule.min is not None else False
+            near = near or ((hi < amount <= hi * 1.5) if rule.max is not None else False)
             return (0.5, [text[:MAX_QUOTE]]) if near else (0.0, [])
     return 0.0, []
 

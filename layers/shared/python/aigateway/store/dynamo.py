@@ -187,10 +187,21 @@ class Dynamo:
         raw = self._call("get_item", TableName=table, Key=serialize(key), ConsistentRead=consistent)
         return deserialize(raw["Item"]) if "Item" in raw else None
 
-    def put(self, table: str, item: Item, *, condition: str | None = None, names: dict[str, str] | None = None) -> None:
+    def put(
+        self,
+        table: str,
+        item: Item,
+        *,
+        condition: str | None = None,
+        names: dict[str, str] | None = None,
+        values: Item | None = None,
+    ) -> None:
         try:
             self._call(
-                "put_item", TableName=table, Item=serialize(item), **_expression_args(names=names, condition=condition)
+                "put_item",
+                TableName=table,
+                Item=serialize(item),
+                **_expression_args(values, names=names, condition=condition),
             )
         except ClientError as exc:
             _raise_condition_failed(exc)
@@ -231,6 +242,14 @@ class Dynamo:
             found.extend(deserialize(i) for i in raw.get("Responses", {}).get(table, []))
             request = raw.get("UnprocessedKeys") or {}
         return found
+
+    def batch_put(self, table: str, items: list[Item]) -> None:
+        """Unconditional puts, 25 per BatchWriteItem (unprocessed items are written again)."""
+        for i in range(0, len(items), 25):
+            request: dict[str, Any] = {table: [{"PutRequest": {"Item": serialize(it)}} for it in items[i : i + 25]]}
+            while request:
+                raw = self._call("batch_write_item", RequestItems=request)
+                request = raw.get("UnprocessedItems") or {}
 
     def transact(self, items: list[dict[str, Any]]) -> None:
         """All-or-nothing writes (items from `tx_put`/`tx_update`/`tx_delete`); at most 100 items.

@@ -407,7 +407,11 @@ class LedgerRows:
 
 @dataclass(frozen=True)
 class Jobs:
-    """Asynchronous jobs: State table, pk `JOB#<id>`, sk `JOB`; gsi1 lists a tenant's jobs by time."""
+    """Asynchronous jobs: State table, pk `JOB#<id>`, sk `JOB`.
+
+    gsi1 lists a tenant's jobs by creation time; gsi2 lists them by status, then creation time
+    (`TENANT#<t>#JOBS#<status>`, moved by every transition), for the jobs API and retry-all-failed.
+    """
 
     db: Dynamo
     table: str
@@ -415,6 +419,10 @@ class Jobs:
     @staticmethod
     def _key(job_id: str) -> Item:
         return {"pk": f"JOB#{job_id}", "sk": "JOB"}
+
+    @staticmethod
+    def status_partition(tenant_id: str, status: str) -> str:
+        return f"TENANT#{tenant_id}#JOBS#{status}"
 
     def get(self, job_id: str) -> Item | None:
         return self.db.get(self.table, self._key(job_id), consistent=True)
@@ -424,8 +432,8 @@ class Jobs:
         item = self.get(job_id)
         return item if item is not None and item.get("tenant_id") == tenant_id else None
 
-    def create(self, job_id: str, *, tenant_id: str, created_at: str, attributes: Item) -> bool:
-        item = {
+    def new_item(self, job_id: str, *, tenant_id: str, created_at: str, attributes: Item) -> Item:
+        return {
             **self._key(job_id),
             "job_id": job_id,
             "tenant_id": tenant_id,
@@ -434,37 +442,326 @@ class Jobs:
             "updated_at": created_at,
             "gsi1pk": f"TENANT#{tenant_id}#JOBS",
             "gsi1sk": f"{created_at}#{job_id}",
+            "gsi2pk": self.status_partition(tenant_id, "queued"),
+            "gsi2sk": f"{created_at}#{job_id}",
             **attributes,
         }
+
+    def create(self, job_id: str, *, tenant_id: str, created_at: str, attributes: Item) -> bool:
+        item = self.new_item(job_id, tenant_id=tenant_id, created_at=created_at, attributes=attributes)
         try:
             self.db.put(self.table, item, condition="attribute_not_exists(pk)")
         except ConditionFailed:
             return False
         return True
 
+    def create_many(self, items: list[Item]) -> None:
+        """Fresh jobs (`new_item`s with new ids, so no condition is needed), 25 per BatchWriteItem."""
+        self.db.batch_put(self.table, items)
+
     def transition(
-        self, job_id: str, *, to: str, allowed_from: tuple[str, ...], at: str, extra: Item | None = None
+        self,
+        job_id: str,
+        *,
+        tenant_id: str,
+        to: str,
+        allowed_from: tuple[str, ...],
+        at: str,
+        extra: Item | None = None,
+        remove: tuple[str, ...] = (),
+        add_run: bool = False,
     ) -> Item:
         """Moves a job between states; raises ConditionFailed if it is not in one of `allowed_from`."""
         names = {"#s": "status"}
-        values: dict[str, Any] = {":to": to, ":at": at}
-        sets = ["#s = :to", "updated_at = :at"]
+        values: dict[str, Any] = {":to": to, ":at": at, ":g2": self.status_partition(tenant_id, to)}
+        sets = ["#s = :to", "updated_at = :at", "gsi2pk = :g2"]
         for i, (k, v) in enumerate((extra or {}).items()):
             names[f"#e{i}"] = k
             values[f":e{i}"] = v
             sets.append(f"#e{i} = :e{i}")
+        if add_run:
+            sets.append("runs = if_not_exists(runs, :one) + :one")  # a job starts with one run
+            values[":one"] = 1
         allowed = []
         for i, state in enumerate(allowed_from):
             values[f":from{i}"] = state
             allowed.append(f":from{i}")
+        expression = "SET " + ", ".join(sets)
+        if remove:
+            for i, k in enumerate(remove):
+                names[f"#r{i}"] = k
+            expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
         return self.db.update(
             self.table,
             self._key(job_id),
-            "SET " + ", ".join(sets),
+            expression,
             values=values,
             names=names,
             condition=f"attribute_exists(pk) AND #s IN ({', '.join(allowed)})",
         )
+
+    def succeed_tx(self, job_id: str, *, tenant_id: str, at: str, result: Item) -> dict[str, Any]:
+        """The `processing` → `succeeded` transition as a transaction item (written with its outcome)."""
+        return tx_update(
+            self.table,
+            self._key(job_id),
+            "SET #s = :to, updated_at = :at, gsi2pk = :g2, #r = :r",
+            values={
+                ":to": "succeeded",
+                ":at": at,
+                ":g2": self.status_partition(tenant_id, "succeeded"),
+                ":r": result,
+                ":from": "processing",
+            },
+            names={"#s": "status", "#r": "result"},
+            condition="attribute_exists(pk) AND #s = :from",
+        )
+
+    def page(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None,
+        since: str,
+        until: str,
+        limit: int,
+        after: Item | None,
+    ) -> tuple[list[Item], Item | None]:
+        """A tenant's jobs created in [since, until) (ISO times), newest first, optionally of one status.
+
+        `after` is the previous page's last (created_at#job_id, job_id): the partition and the
+        table key are rebuilt from the tenant, so no cursor reaches another tenant's jobs.
+        """
+        index, pk_name, sk_name = ("gsi2", "gsi2pk", "gsi2sk") if status else ("gsi1", "gsi1pk", "gsi1sk")
+        pk = self.status_partition(tenant_id, status) if status else f"TENANT#{tenant_id}#JOBS"
+        start = None
+        if after is not None:
+            start = {**self._key(str(after["job_id"])), pk_name: pk, sk_name: after["sk"]}
+        return self.db.query(
+            self.table,
+            f"{pk_name} = :pk AND {sk_name} BETWEEN :lo AND :hi",
+            {":pk": pk, ":lo": since, ":hi": until},
+            index=index,
+            limit=limit,
+            forward=False,
+            start_key=start,
+        )
+
+
+# Where a tier's leads sort in a tenant's ranking (gsi1): best tier first, never-scored last.
+TIER_RANK = {"hot": "1", "warm": "2", "cold": "3", "unscored": "9"}
+
+
+@dataclass(frozen=True)
+class Leads:
+    """Leads: State table, partition `TENANT#<t>#LEAD#<id>`.
+
+    sk `LEAD` holds the record, its hash and version, and its latest score; sk `SCORE#<job id>`
+    each score's audit record (job ids are time-ordered ULIDs, so the history sorts by time).
+    gsi1 ranks a tenant's scored leads: `TENANT#<t>#LEADS`, `<tier rank>#<1000 - score>#<id>`;
+    gsi2 orders them by when they were last scored (`0` for never): the stale re-score reads it.
+    """
+
+    db: Dynamo
+    table: str
+
+    @staticmethod
+    def _pk(tenant_id: str, lead_id: str) -> str:
+        return f"TENANT#{tenant_id}#LEAD#{lead_id}"
+
+    def key(self, tenant_id: str, lead_id: str) -> Item:
+        return {"pk": self._pk(tenant_id, lead_id), "sk": "LEAD"}
+
+    @staticmethod
+    def rank_partition(tenant_id: str) -> str:
+        return f"TENANT#{tenant_id}#LEADS"
+
+    @staticmethod
+    def age_partition(tenant_id: str) -> str:
+        return f"TENANT#{tenant_id}#LEADS#BY_SCORED"
+
+    @classmethod
+    def rank_key(cls, tier: str, score: int | None, lead_id: str) -> str:
+        return f"{TIER_RANK[tier]}#{1000 - (score or 0):04d}#{lead_id}"
+
+    def get(self, tenant_id: str, lead_id: str) -> Item | None:
+        return self.db.get(self.table, self.key(tenant_id, lead_id), consistent=True)
+
+    def get_many(self, tenant_id: str, lead_ids: list[str]) -> dict[str, Item]:
+        """The leads that exist among `lead_ids`, by id (100 keys per BatchGetItem)."""
+        found: dict[str, Item] = {}
+        unique = list(dict.fromkeys(lead_ids))
+        for i in range(0, len(unique), 100):
+            keys = [self.key(tenant_id, lid) for lid in unique[i : i + 100]]
+            for item in self.db.batch_get(self.table, keys, consistent=True):
+                found[str(item["lead_id"])] = item
+        return found
+
+    def upsert(self, tenant_id: str, lead_id: str, *, data: Item, data_hash: str, at: str, version: int | None) -> Item:
+        """Writes the record if it is still at `version` (None: it must not exist yet); the score,
+        the ranking keys and any pending re-score are left as they are. ConditionFailed otherwise."""
+        values: dict[str, Any] = {
+            ":data": data,
+            ":h": data_hash,
+            ":at": at,
+            ":v": (version or 0) + 1,
+            ":lid": lead_id,
+            ":tid": tenant_id,
+            ":g1": self.rank_partition(tenant_id),
+            ":g1sk": self.rank_key("unscored", None, lead_id),
+            ":g2": self.age_partition(tenant_id),
+            ":g2sk": f"0#{lead_id}",
+        }
+        sets = [
+            "#d = :data",
+            "data_hash = :h",
+            "updated_at = :at",
+            "version = :v",
+            "lead_id = :lid",
+            "tenant_id = :tid",
+            "created_at = if_not_exists(created_at, :at)",
+            "gsi1pk = :g1",
+            "gsi1sk = if_not_exists(gsi1sk, :g1sk)",
+            "gsi2pk = :g2",
+            "gsi2sk = if_not_exists(gsi2sk, :g2sk)",
+        ]
+        if version is None:
+            condition = "attribute_not_exists(pk)"
+        else:
+            condition = "version = :old"
+            values[":old"] = version
+        return self.db.update(
+            self.table,
+            self.key(tenant_id, lead_id),
+            "SET " + ", ".join(sets),
+            values=values,
+            names={"#d": "data"},
+            condition=condition,
+        )
+
+    def score_record_tx(self, tenant_id: str, lead_id: str, job_id: str, record: Item) -> dict[str, Any]:
+        """A score's audit record, once per job (a repeated Persist cannot write a second)."""
+        item = {"pk": self._pk(tenant_id, lead_id), "sk": f"SCORE#{job_id}", **record}
+        return tx_put(self.table, item, condition="attribute_not_exists(pk)")
+
+    def score_record(self, tenant_id: str, lead_id: str, job_id: str) -> Item | None:
+        return self.db.get(self.table, {"pk": self._pk(tenant_id, lead_id), "sk": f"SCORE#{job_id}"}, consistent=True)
+
+    def set_latest(self, tenant_id: str, lead_id: str, *, summary: Item, tier: str, score: int, scored_at: str) -> bool:
+        """Makes this the lead's latest score unless a later one is already there; False if it was."""
+        try:
+            self.db.update(
+                self.table,
+                self.key(tenant_id, lead_id),
+                "SET latest = :s, gsi1sk = :g1sk, gsi2sk = :g2sk",
+                values={
+                    ":s": summary,
+                    ":at": scored_at,
+                    ":g1sk": self.rank_key(tier, score, lead_id),
+                    ":g2sk": f"{scored_at}#{lead_id}",
+                },
+                condition="attribute_exists(pk) AND (attribute_not_exists(latest) OR latest.scored_at <= :at)",
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def history(self, tenant_id: str, lead_id: str, *, limit: int, after: str | None) -> tuple[list[Item], str | None]:
+        """Score audit records, newest first; `after` is the previous page's last job id."""
+        pk = self._pk(tenant_id, lead_id)
+        items, last = self.db.query(
+            self.table,
+            "pk = :pk AND begins_with(sk, :p)",
+            {":pk": pk, ":p": "SCORE#"},
+            limit=limit,
+            forward=False,
+            start_key={"pk": pk, "sk": f"SCORE#{after}"} if after else None,
+        )
+        return items, (str(last["sk"]).removeprefix("SCORE#") if last else None)
+
+    def ranked(
+        self, tenant_id: str, *, tier: str | None, limit: int, after: str | None
+    ) -> tuple[list[Item], str | None]:
+        """Leads best first (hot, warm, cold, then unscored; by score within a tier), or one tier's.
+
+        `after` is the previous page's last gsi1 sort key; the lead's table key is rebuilt from it
+        under this tenant's partition.
+        """
+        pk = self.rank_partition(tenant_id)
+        condition, values = "gsi1pk = :pk", {":pk": pk}
+        if tier is not None:
+            condition += " AND begins_with(gsi1sk, :t)"
+            values[":t"] = TIER_RANK[tier] + "#"
+        start = None
+        if after:
+            start = {**self.key(tenant_id, after.rsplit("#", 1)[-1]), "gsi1pk": pk, "gsi1sk": after}
+        items, last = self.db.query(self.table, condition, values, index="gsi1", limit=limit, start_key=start)
+        return items, (str(last["gsi1sk"]) if last else None)
+
+    def scored_before(self, tenant_id: str, before: str, *, limit: int) -> list[Item]:
+        """Leads whose latest score is older than `before` (ISO time), never-scored ones first."""
+        items, _ = self.db.query(
+            self.table,
+            "gsi2pk = :pk AND gsi2sk < :before",
+            {":pk": self.age_partition(tenant_id), ":before": before},
+            index="gsi2",
+            limit=limit,
+        )
+        return items
+
+    def claim_rescore(self, tenant_id: str, lead_id: str, *, job_id: str, at: str, unless_since: str) -> bool:
+        """Marks a re-score as pending unless one was queued since `unless_since`; False if one was."""
+        try:
+            self.db.update(
+                self.table,
+                self.key(tenant_id, lead_id),
+                "SET pending_job = :j, pending_since = :at",
+                values={":j": job_id, ":at": at, ":since": unless_since},
+                condition="attribute_exists(pk) AND (attribute_not_exists(pending_job) OR pending_since < :since)",
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def release_rescore(self, tenant_id: str, lead_id: str, *, job_id: str) -> None:
+        """Clears the pending re-score mark if it is still this job's."""
+        with suppress(ConditionFailed):
+            self.db.update(
+                self.table,
+                self.key(tenant_id, lead_id),
+                "REMOVE pending_job, pending_since",
+                values={":j": job_id},
+                condition="pending_job = :j",
+            )
+
+
+@dataclass(frozen=True)
+class ScoringSettingsRepo:
+    """A tenant's lead-scoring settings: pk `TENANT#<id>`, sk `SCORING`, versioned."""
+
+    db: Dynamo
+    table: str
+
+    @staticmethod
+    def _key(tenant_id: str) -> Item:
+        return {"pk": f"TENANT#{tenant_id}", "sk": "SCORING"}
+
+    def get(self, tenant_id: str) -> Item | None:
+        return self.db.get(self.table, self._key(tenant_id), consistent=True)
+
+    def put(self, tenant_id: str, settings: Item, *, version: int, at: str, updated_by: str) -> None:
+        """Stores version `version`; ConditionFailed if another change got there first."""
+        item = {
+            **self._key(tenant_id),
+            "settings": settings,
+            "version": version,
+            "updated_at": at,
+            "updated_by": updated_by,
+        }
+        if version == 1:
+            self.db.put(self.table, item, condition="attribute_not_exists(pk)")
+        else:
+            self.db.put(self.table, item, condition="version = :prev", values={":prev": version - 1})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+"""Lead files: CSV and JSONL rows → lead records, each bad row reported by its line number.
+
+Shared by the imports bucket (server side) and the operator CLI, so a file is read the same way
+wherever it is scored. CSV columns: `lead_id` (or `id`), company, title, industry, size, source,
+notes, contact_name, contact_email, contact_phone, events (`type` or `type@YYYY-MM-DD`, separated
+by `;`); any other non-empty column becomes a custom field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from aigateway.scoring.models import LeadIn
+
+_PLAIN = ("company", "title", "industry", "size", "source", "notes")
+_CONTACT = {"contact_name": "name", "contact_email": "email", "contact_phone": "phone"}
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int
+    lead: LeadIn | None
+    error: str | None = None
+    lead_id: str | None = None
+
+
+def csv_record(row: dict[str, str]) -> dict[str, Any]:
+    """One CSV row as a lead record (not yet validated); empty cells are left out."""
+    record: dict[str, Any] = {}
+    contact: dict[str, str] = {}
+    custom: dict[str, str] = {}
+    for column, raw in row.items():
+        if column is None or raw is None:
+            continue
+        name, value = column.strip(), raw.strip()
+        if not value:
+            continue
+        if name in ("lead_id", "id"):
+            record["lead_id"] = value
+        elif name in _PLAIN:
+            record[name] = value
+        elif name in _CONTACT:
+            contact[_CONTACT[name]] = value
+        elif name == "events":
+            events = []
+            for part in value.split(";"):
+                kind, _, at = part.strip().partition("@")
+                if kind:
+                    events.append({"type": kind.strip(), **({"at": at.strip()} if at.strip() else {})})
+            record["events"] = events
+        else:
+            custom[name] = value
+    if contact:
+        record["contact"] = contact
+    if custom:
+        record["custom"] = custom
+    return record
+
+
+def _problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "(row)"
+    return f"{where}: {first.get('msg')}"
+
+
+def _checked(line: int, record: object, seen: set[str]) -> Row:
+    lead_id = record.get("lead_id") if isinstance(record, dict) else None
+    try:
+        lead = LeadIn.model_validate(record)
+    except ValidationError as exc:
+        return Row(line, None, _problem(exc), lead_id if isinstance(lead_id, str) else None)
+    if lead.lead_id in seen:
+        return Row(line, None, f"lead_id: {lead.lead_id!r} appears earlier in the file", lead.lead_id)
+    seen.add(lead.lead_id)
+    return Row(line, lead, None, lead.lead_id)
+
+
+def read_csv(text: str) -> Iterator[Row]:
+    """Rows of a CSV file with a header; `line` is the row's first line in the file."""
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    if not reader.fieldnames or not ({"lead_id", "id"} & {f.strip() for f in reader.fieldnames}):
+        yield Row(1, None, "the header has no lead_id (or id) column")
+        return
+    seen: set[str] = set()
+    line = reader.line_num + 1
+    for row in reader:
+        yield _checked(line, csv_record(row), seen)
+        line = reader.line_num + 1
+
+
+def read_jsonl(text: str) -> Iterator[Row]:
+    """One JSON object per line; blank lines are skipped."""
+    seen: set[str] = set()
+    for number, raw in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield Row(number, None, f"not JSON: {exc.msg}")
+            continue
+        yield _checked(number, record, seen)
+
+
+def read_file(name: str, text: str) -> Iterator[Row]:
+    if name.lower().endswith((".jsonl", ".ndjson")):
+        return read_jsonl(text)
+    return read_csv(text)
