@@ -44,6 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aigateway.scoring.records import custom_name
 from cli.common import (
     Api,
     ApiError,
@@ -290,14 +291,6 @@ def plan_columns(header: Sequence[str]) -> tuple[list[Column], dict[str, str]]:
                 renamed[name or f"#{index + 1}"] = field_name
             columns.append(("custom", field_name))
     return columns, renamed
-
-
-def custom_name(column: str, index: int) -> str:
-    """A column's name as a custom field name (`^[A-Za-z][A-Za-z0-9_]{0,63}$`)."""
-    name = re.sub(r"[^A-Za-z0-9_]+", "_", column).strip("_")
-    if not name:
-        return f"column_{index + 1}"
-    return (name if name[0].isalpha() else f"f_{name}")[:64]
 
 
 def parse_row(line: int, record: Sequence[str], columns: Sequence[Column], width: int) -> Row:
@@ -647,7 +640,9 @@ def chunks(items: Sequence[T], size: int) -> list[list[T]]:
 
 
 def leads_body(by_line: dict[int, Row], lines: Iterable[int]) -> dict[str, Any]:
-    return {"leads": [by_line[line].lead for line in lines]}
+    # "never": this command queues every lead itself (with an Idempotency-Key), so the upsert
+    # must not queue automatic re-scores as well.
+    return {"leads": [by_line[line].lead for line in lines], "score": "never"}
 
 
 def rejected_index(exc: ApiError, count: int) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,15 +32,24 @@ class Row:
     lead_id: str | None = None
 
 
+def custom_name(column: str, index: int) -> str:
+    """A column's name as a custom field name (`^[A-Za-z][A-Za-z0-9_]{0,63}$`): `Deal Stage` →
+    `Deal_Stage` (the operator CLI and the imports bucket name custom fields the same way)."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", column).strip("_")
+    if not name:
+        return f"column_{index + 1}"
+    return (name if name[0].isalpha() else f"f_{name}")[:64]
+
+
 def csv_record(row: dict[str, str]) -> dict[str, Any]:
     """One CSV row as a lead record (not yet validated); empty cells are left out."""
     record: dict[str, Any] = {}
     contact: dict[str, str] = {}
     custom: dict[str, str] = {}
-    for column, raw in row.items():
+    for index, (column, raw) in enumerate(row.items()):
         if column is None or raw is None:
             continue
-        name, value = column.strip(), raw.strip()
+        name, value = column.strip().lower(), raw.strip()
         if not value:
             continue
         if name in ("lead_id", "id"):
@@ -56,7 +66,7 @@ def csv_record(row: dict[str, str]) -> dict[str, Any]:
                     events.append({"type": kind.strip(), **({"at": at.strip()} if at.strip() else {})})
             record["events"] = events
         else:
-            custom[name] = value
+            custom[custom_name(column.strip(), index)] = value
     if contact:
         record["contact"] = contact
     if custom:
