@@ -87,6 +87,10 @@ def _banner(url: str, key: str, provider: str, simulator_url: str | None = None)
         '"question":"What does a LEFT JOIN return?",'
         '"answer":"All rows from the left table and matching rows from the right, with NULLs where nothing matches."}}'
     )
+    lead = (
+        '{"company":"Acme Corp","title":"VP of Sales","industry":"SaaS","size":250,"source":"referral",'
+        '"events":[{"type":"demo_request","at":"2026-11-01"}],"notes":"Budget approved for Q1"}'
+    )
     return f"""
 Serverless AI Gateway is running on the embedded runtime at {url}
   model provider : {provider}
@@ -106,7 +110,17 @@ Try it:
   curl -s "{url}/v1/usage/export?month={month}&format=csv" -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/admin/tenants/demo/governance -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/openapi.json | head -c 400
-{faults}  # schedules do not tick locally; fire one: python -m infra.local schedule reservation-sweeper
+
+Lead scoring (asynchronous: SQS → Step Functions → LLM scorer, fallback model, rules scorer):
+  curl -s -X PUT {url}/v1/leads/acme-1 -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \
+       -d '{lead}'
+  # 201 {{"job_id": …}}: the new lead is queued for scoring; a second later its score and explanation:
+  curl -s {url}/v1/leads/acme-1 -H 'Authorization: Bearer {key}'
+  curl -s "{url}/v1/leads?tier=hot" -H 'Authorization: Bearer {key}'
+  # a lead file dropped in the imports bucket (what `aws s3 cp` does on AWS), bad rows reported by line:
+  curl -s -X PUT {url}/_local/imports/demo/leads.csv --data-binary @docs/examples/leads.csv
+  # or score a CSV end to end from your machine, resumable: make score CSV=docs/examples/leads.csv
+{faults}  # schedules do not tick locally; fire one: python -m infra.local schedule lead-rescore
 
 Ctrl-C stops it (state lives in memory and starts fresh next time).
 """
@@ -119,7 +133,7 @@ def main() -> None:
     serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     sub.add_parser("synth", help="synthesize the CDK template into build/cdk.out")
     schedule_cmd = sub.add_parser("schedule", help="fire a schedule of the running stack now")
-    schedule_cmd.add_argument("name", help="e.g. reservation-sweeper, monthly-usage-export")
+    schedule_cmd.add_argument("name", help="e.g. reservation-sweeper, lead-rescore, monthly-usage-export")
     schedule_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     args = parser.parse_args()
     if args.command == "serve":

@@ -165,24 +165,27 @@ def test_ledger_table_is_retained_and_deletion_protected(resources: Resources, t
     assert "TimeToLiveSpecification" not in ledger["Properties"]
 
 
-def test_state_table_has_ttl_and_gsi1(resources: Resources, tables: dict[str, str]) -> None:
+def test_state_table_has_ttl_and_two_gsis(resources: Resources, tables: dict[str, str]) -> None:
     props = resources[tables["state"]]["Properties"]
     assert props["KeySchema"] == [
         {"AttributeName": "pk", "KeyType": "HASH"},
         {"AttributeName": "sk", "KeyType": "RANGE"},
     ]
     assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    # gsi1: tenants, keys, budgets, jobs by time, leads ranked; gsi2: jobs by status, leads by age
     assert props["GlobalSecondaryIndexes"] == [
         {
-            "IndexName": "gsi1",
+            "IndexName": name,
             "KeySchema": [
-                {"AttributeName": "gsi1pk", "KeyType": "HASH"},
-                {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+                {"AttributeName": f"{name}pk", "KeyType": "HASH"},
+                {"AttributeName": f"{name}sk", "KeyType": "RANGE"},
             ],
             "Projection": {"ProjectionType": "ALL"},
         }
+        for name in ("gsi1", "gsi2")
     ]
-    assert {"AttributeName": "gsi1pk", "AttributeType": "S"} in props["AttributeDefinitions"]
+    for attribute in ("gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk"):
+        assert {"AttributeName": attribute, "AttributeType": "S"} in props["AttributeDefinitions"]
     assert resources[tables["state"]]["DeletionPolicy"] == "Retain"
 
 
@@ -301,7 +304,8 @@ def test_environment_satisfies_the_settings_contract(resources: Resources) -> No
         assert env["PROVIDER"] == "auto"
         assert env["POWERTOOLS_SERVICE_NAME"] == spec.name
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "AiGateway"
-        assert ("WORKFLOW_ARN" in env) == ("workflow:start" in spec.grants), spec.name
+        needs_machine = bool({"workflow:start", "workflow:stop"} & set(spec.grants))
+        assert ("WORKFLOW_ARN" in env) == needs_machine, spec.name
         assert ("IDEMPOTENCY_TABLE" in env) == ("idempotency:readwrite" in spec.grants), spec.name
 
 
@@ -310,7 +314,7 @@ def test_idempotency_table_is_named_to_and_granted_for_the_post_functions_only(
 ) -> None:
     # Given the functions serving POST routes that honour Idempotency-Key
     tagged = {spec.name for spec in routes.FUNCTIONS if "idempotency:readwrite" in spec.grants}
-    assert tagged == {"generate", "jobs"}
+    assert tagged == {"generate", "jobs", "leads"}
     for spec in routes.FUNCTIONS:
         _, fn = lambda_functions(resources)[spec.name]
         env = fn["Properties"]["Environment"]["Variables"]
@@ -324,7 +328,7 @@ def test_idempotency_table_is_named_to_and_granted_for_the_post_functions_only(
             assert "IDEMPOTENCY_TABLE" not in env and not actions, spec.name
 
 
-def test_only_the_jobs_function_sends_to_the_jobs_queue(resources: Resources, stack: Any) -> None:
+def test_only_the_job_creating_functions_send_to_the_jobs_queue(resources: Resources, stack: Any) -> None:
     queue_id = logical_id(stack, stack.data.jobs_queue)
     for spec in routes.FUNCTIONS:
         statements = role_statements(resources, spec.name)
@@ -333,14 +337,16 @@ def test_only_the_jobs_function_sends_to_the_jobs_queue(resources: Resources, st
         for s in sends:
             assert as_list(s["Action"]) == ["sqs:SendMessage"], spec.name
             assert set(referenced_ids(s["Resource"])) == {queue_id}, spec.name
-    assert [spec.name for spec in routes.FUNCTIONS if "jobs:enqueue" in spec.grants] == ["jobs"]
+    assert [spec.name for spec in routes.FUNCTIONS if "jobs:enqueue" in spec.grants] == ["jobs", "leads", "lead_batch"]
 
 
 def test_jobs_routes_are_served_by_the_jobs_function() -> None:
     served = {(r.method, r.path): r.function for r in routes.ROUTES}
     assert served[("POST", "/v1/jobs")] == "jobs"
     assert served[("GET", "/v1/jobs/{job_id}")] == "jobs"
-    assert not any(r.public for r in routes.ROUTES if r.function == "jobs")
+    assert served[("POST", "/v1/jobs/{job_id}/cancel")] == "jobs"
+    assert served[("POST", "/v1/leads/score")] == "leads"
+    assert not any(r.public for r in routes.ROUTES if r.function in ("jobs", "leads"))
 
 
 def test_scoring_dispatch_consumes_jobs_in_batches_with_partial_failures(resources: Resources, stack: Any) -> None:
@@ -406,6 +412,13 @@ def test_only_workflow_starters_may_start_executions_and_read_the_secret_only_if
             for s in statements
         )
         assert starts == ("workflow:start" in spec.grants), spec.name
+        stops = [s for s in statements if "states:StopExecution" in as_list(s["Action"])]
+        assert bool(stops) == ("workflow:stop" in spec.grants), spec.name
+        for s in stops:
+            # Only this machine's executions (arn:…:execution:<machine name>:*)
+            assert as_list(s["Action"]) == ["states:StopExecution"]
+            assert set(referenced_ids(s["Resource"])) - {"AWS::Partition", "AWS::Region", "AWS::AccountId"} == {sm_id}
+            assert ":execution:" in json.dumps(s["Resource"])
         reads_secret = any(secret_id in set(referenced_ids(s.get("Resource"))) for s in statements)
         assert reads_secret == ("secret:read" in spec.grants), spec.name
 
@@ -420,10 +433,44 @@ def test_only_tagged_functions_publish_alerts_or_write_exports(resources: Resour
         for s in publishes:
             assert set(referenced_ids(s["Resource"])) == {topic_id}, spec.name
         puts = [s for s in statements if "s3:PutObject" in as_list(s["Action"])]
-        assert bool(puts) == ("exports:write" in spec.grants), spec.name
-        for s in puts:
-            assert set(referenced_ids(s["Resource"])) == {bucket_id}, spec.name
+        export_puts = [s for s in puts if bucket_id in set(referenced_ids(s["Resource"]))]
+        assert bool(export_puts) == ("exports:write" in spec.grants), spec.name
+        for s in export_puts:
             assert "/usage/*" in json.dumps(s["Resource"]), "exports may only be written under usage/"
+
+
+def test_imports_bucket_is_private_encrypted_sends_events_to_eventbridge_and_only_lead_batch_reads_it(
+    resources: Resources, stack: Any
+) -> None:
+    bucket_id = logical_id(stack, stack.data.imports_bucket)
+    props = resources[bucket_id]["Properties"]
+    assert props["NotificationConfiguration"] == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
+    assert props["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    for spec in routes.FUNCTIONS:
+        statements = [
+            s for s in role_statements(resources, spec.name) if bucket_id in set(referenced_ids(s["Resource"]))
+        ]
+        assert bool(statements) == ("imports:readwrite" in spec.grants), spec.name
+        actions = {a: json.dumps(s["Resource"]) for s in statements for a in as_list(s["Action"])}
+        if statements:
+            # Read incoming files, write reports: nothing else, nowhere else
+            assert set(actions) == {"s3:GetObject", "s3:PutObject"}, spec.name
+            assert "/incoming/*" in actions["s3:GetObject"] and "/reports/*" in actions["s3:PutObject"]
+
+
+def test_lead_files_under_incoming_invoke_lead_batch_through_eventbridge(resources: Resources, stack: Any) -> None:
+    rules = {
+        r.get("Metadata", {}).get("aigateway:schedule"): r for r in of_type(resources, "AWS::Events::Rule").values()
+    }
+    rule = rules["lead-imports"]["Properties"]
+    pattern = rule["EventPattern"]
+    assert pattern["source"] == ["aws.s3"] and pattern["detail-type"] == ["Object Created"]
+    assert pattern["detail"]["object"] == {"key": [{"prefix": "incoming/"}]}
+    assert set(referenced_ids(pattern["detail"]["bucket"]["name"])) == {logical_id(stack, stack.data.imports_bucket)}
+    (target,) = rule["Targets"]
+    assert set(referenced_ids(target["Arn"])) == {lambda_functions(resources)["lead_batch"][0]}
 
 
 def test_every_schedule_is_an_eventbridge_rule_invoking_its_function(resources: Resources) -> None:
