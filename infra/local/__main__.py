@@ -112,7 +112,7 @@ Try it:
   curl -s {url}/v1/openapi.json | head -c 400
 
 Lead scoring (asynchronous: SQS → Step Functions → LLM scorer, fallback model, rules scorer):
-  curl -s -X PUT {url}/v1/leads/acme-1 -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \
+  curl -s -X PUT {url}/v1/leads/acme-1 -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
        -d '{lead}'
   # 201 {{"job_id": …}}: the new lead is queued for scoring; a second later its score and explanation:
   curl -s {url}/v1/leads/acme-1 -H 'Authorization: Bearer {key}'
@@ -120,6 +120,7 @@ Lead scoring (asynchronous: SQS → Step Functions → LLM scorer, fallback mode
   # a lead file dropped in the imports bucket (what `aws s3 cp` does on AWS), bad rows reported by line:
   curl -s -X PUT {url}/_local/imports/demo/leads.csv --data-binary @docs/examples/leads.csv
   # or score a CSV end to end from your machine, resumable: make score CSV=docs/examples/leads.csv
+
 {faults}  # schedules do not tick locally; fire one: python -m infra.local schedule lead-rescore
 
 Ctrl-C stops it (state lives in memory and starts fresh next time).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import date, timedelta
 from typing import Any
 
 SCHEMA_NAME = "lead_scoring"
@@ -17,6 +18,9 @@ _CRITERION = re.compile(r'<criterion id="([^"]+)" points="[^"]*">(.*?)</criterio
 _FIELD = re.compile(r'<field name="([^"]+)">(.*?)</field>', re.DOTALL)
 _WORD = re.compile(r"[a-z][a-z0-9]+")
 _NUMBER = re.compile(r"\d[\d,]*")
+_AS_OF = re.compile(r"As of (\d{4}-\d{2}-\d{2})")
+_EVENT_DATE = re.compile(r" on (\d{4}-\d{2}-\d{2})")
+RECENT = timedelta(days=180)  # older engagement is not a buying signal any more
 _STOP = frozenset(
     (
         "the",
@@ -61,9 +65,22 @@ def _numbers(text: str) -> list[float]:
     return [float(n.replace(",", "")) for n in _NUMBER.findall(text) if n.replace(",", "")]
 
 
+def _stale(name: str, text: str, as_of: date | None) -> bool:
+    """An engagement event older than RECENT before the prompt's as-of date."""
+    found = _EVENT_DATE.search(text) if name == "event" else None
+    if found is None or as_of is None:
+        return False
+    try:
+        return date.fromisoformat(found.group(1)) < as_of - RECENT
+    except ValueError:
+        return False
+
+
 def judge(prompt: str) -> dict[str, Any]:
     criteria = [(cid, html.unescape(desc)) for cid, desc in _CRITERION.findall(prompt)]
-    fields = [(name, html.unescape(text)) for name, text in _FIELD.findall(prompt)]
+    stated = _AS_OF.search(prompt)
+    as_of = date.fromisoformat(stated.group(1)) if stated else None
+    fields = [(n, html.unescape(t)) for n, t in _FIELD.findall(prompt) if not _stale(n, html.unescape(t), as_of)]
     factors = []
     for cid, description in criteria:
         wanted = _words(description) | _words(cid.replace("_", " "))
