@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigateway.auth import Principal
-from aigateway.errors import JobFinished, JobNotRetryable, NotFound
+from aigateway.errors import InvalidCursor, JobFinished, JobNotRetryable, NotFound
 from aigateway.generation import GenerateRequest, model_calls
 from aigateway.governance.config import GovernanceConfigs
 from aigateway.governance.limits import RateLimiter, Subject
@@ -250,12 +250,13 @@ class RetryFailedIn(BaseModel):
     until: str = Field(default="~", description="Jobs created at or before this ISO 8601 time")
     kind: str | None = Field(default=None, description="Only jobs of this kind")
     limit: int = Field(default=100, ge=1, le=500, description="At most this many jobs per call")
+    cursor: str | None = Field(default=None, description="The previous call's next_cursor")
 
 
 class RetryReport(BaseModel):
     retried: list[str] = Field(description="Job ids queued again")
     skipped: int = Field(description="Failed jobs in the range left alone (another kind, or already retried)")
-    next_cursor: str | None = Field(description="More failed jobs remain: call again (the range is unchanged)")
+    next_cursor: str | None = Field(description="More failed jobs may remain: call again with this cursor")
 
 
 def job_path(job_id: str) -> str:
@@ -336,7 +337,7 @@ class JobService:
         cursor: str | None,
     ) -> JobPage:
         """The tenant's jobs, newest first, optionally of one status and creation-time range."""
-        after = decode_cursor(cursor, keys=("sk", "job_id"))
+        after = _within(decode_cursor(cursor, keys=("sk", "job_id")), since or "0", (until or "") + "~")
         items, last = self.jobs.page(
             principal.tenant_id,
             status=status,
@@ -345,10 +346,7 @@ class JobService:
             limit=limit,
             after=after,
         )
-        position = None
-        if last is not None:
-            position = {"sk": str(last["gsi2sk" if status else "gsi1sk"]), "job_id": str(last["job_id"])}
-        return JobPage(items=[job_out(i) for i in items], next_cursor=encode_cursor(position))
+        return JobPage(items=[job_out(i) for i in items], next_cursor=encode_cursor(_position(last, status)))
 
     def cancel(self, principal: Principal, job_id: str) -> JobOut:
         """Cancels a queued or running job (its execution is stopped; nothing more is written)."""
@@ -392,7 +390,7 @@ class JobService:
             since=request.since,
             until=request.until + "~",
             limit=request.limit,
-            after=None,
+            after=_within(decode_cursor(request.cursor, keys=("sk", "job_id")), request.since, request.until + "~"),
         )
         retried, skipped = [], 0
         for item in items:
@@ -405,8 +403,7 @@ class JobService:
                 skipped += 1
                 continue
             retried.append(str(item["job_id"]))
-        position = {"sk": str(last["gsi2sk"]), "job_id": str(last["job_id"])} if last is not None else None
-        return RetryReport(retried=retried, skipped=skipped, next_cursor=encode_cursor(position))
+        return RetryReport(retried=retried, skipped=skipped, next_cursor=encode_cursor(_position(last, "failed")))
 
     def _requeue(self, principal: Principal, item: Item) -> Item:
         """failed/cancelled → queued with one more run, then the run's message; one caller wins a race."""
@@ -433,6 +430,22 @@ class JobService:
             _mark_unsent(self.jobs, [message], at=self.clock().isoformat())
             raise JobNotRetryable(f"job {job_id!r} could not be queued; try again", field="job_id")
         return updated
+
+
+def _within(after: dict[str, str] | None, low: str, high: str) -> dict[str, str] | None:
+    """A cursor for this range only: DynamoDB refuses a start key outside the key condition."""
+    if after is not None and not low <= after["sk"] <= high:
+        raise InvalidCursor("the cursor belongs to another time range", field="cursor")
+    return after
+
+
+def _position(last_key: Item | None, status: str | None) -> dict[str, str] | None:
+    """Where a page of `Jobs.page` stopped, from DynamoDB's LastEvaluatedKey (which holds the
+    table and index keys only: the job id comes from `pk`)."""
+    if last_key is None:
+        return None
+    sort_key = last_key["gsi2sk" if status else "gsi1sk"]
+    return {"sk": str(sort_key), "job_id": str(last_key["pk"]).removeprefix("JOB#")}
 
 
 def _run(item: Item) -> int:

@@ -16,6 +16,9 @@ EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-
 # (so dates, sizes and prices in notes survive).
 PHONE_CANDIDATE = re.compile(r"(?<![\w@])\+?\d[\d ().-]{6,}\d(?!\w)")
 PHONE_MIN_DIGITS = 9
+# Dates and times are set aside first, so a date next to a time or another date is not one long
+# "number" (and a phone number next to a date is still found).
+DATE_OR_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{1,2}:\d{2}(?::\d{2})?)?|\b\d{1,2}:\d{2}(?::\d{2})?\b")
 EMAIL_MARK = "[email]"
 PHONE_MARK = "[phone]"
 
@@ -23,12 +26,18 @@ PHONE_MARK = "[phone]"
 def redact(text: str) -> str:
     """`text` with e-mail addresses and phone numbers replaced by markers."""
     text = EMAIL.sub(EMAIL_MARK, text)
+    kept: list[str] = []
+
+    def set_aside(match: re.Match[str]) -> str:
+        kept.append(match.group(0))
+        return f"\x00{len(kept) - 1}\x00"
 
     def phone(match: re.Match[str]) -> str:
         digits = sum(ch.isdigit() for ch in match.group(0))
         return PHONE_MARK if digits >= PHONE_MIN_DIGITS else match.group(0)
 
-    return PHONE_CANDIDATE.sub(phone, text)
+    masked = PHONE_CANDIDATE.sub(phone, DATE_OR_TIME.sub(set_aside, text.replace("\x00", "")))
+    return re.sub(r"\x00(\d+)\x00", lambda m: kept[int(m.group(1))], masked)
 
 
 def drop_fields(record: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:

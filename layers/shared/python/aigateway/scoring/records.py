@@ -93,16 +93,23 @@ def _checked(line: int, record: object, seen: set[str]) -> Row:
 
 
 def read_csv(text: str) -> Iterator[Row]:
-    """Rows of a CSV file with a header; `line` is the row's first line in the file."""
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-    if not reader.fieldnames or not ({"lead_id", "id"} & {f.strip() for f in reader.fieldnames}):
+    """Rows of a CSV file with a header; `line` is the row's first line in the file (blank lines
+    are skipped but still counted)."""
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    header = next(reader, None)
+    if not header or not ({"lead_id", "id"} & {h.strip().lower() for h in header}):
         yield Row(1, None, "the header has no lead_id (or id) column")
         return
     seen: set[str] = set()
-    line = reader.line_num + 1
-    for row in reader:
-        yield _checked(line, csv_record(row), seen)
-        line = reader.line_num + 1
+    end = reader.line_num
+    for cells in reader:
+        line, end = end + 1, reader.line_num
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) > len(header):
+            yield Row(line, None, f"{len(cells)} fields, the header has {len(header)}")
+            continue
+        yield _checked(line, csv_record(dict(zip(header, cells, strict=False))), seen)
 
 
 def read_jsonl(text: str) -> Iterator[Row]:

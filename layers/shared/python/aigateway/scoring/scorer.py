@@ -197,14 +197,17 @@ def explain(judgement: dict[str, Any], criteria: list[Criterion]) -> tuple[int, 
     """(score, factors) from a checked judgement; the contributions sum exactly to the score."""
     share = points(criteria)
     by_id = {f["criterion"]: f for f in judgement["factors"]}
-    raw = {c.id: share[c.id] * min(1.0, max(0.0, float(by_id[c.id]["rating"]))) for c in criteria}
-    score = round(sum(raw.values()))
-    tenths = _apportion({cid: value * 10 for cid, value in raw.items()}, score * 10)
+    rating = {c.id: min(1.0, max(0.0, float(by_id[c.id]["rating"]))) for c in criteria}
+    raw = {c.id: share[c.id] * rating[c.id] for c in criteria}
+    score = math.floor(sum(raw.values()) + 0.5 + 1e-9)  # half up, whatever float error says
+    tenths = _apportion(
+        {cid: value * 10 for cid, value in raw.items()}, {cid: value * 10 for cid, value in share.items()}, score * 10
+    )
     factors = [
         Factor(
             criterion=c.id,
             weight=round(share[c.id], 2),
-            rating=round(float(by_id[c.id]["rating"]), 3),
+            rating=round(rating[c.id], 3),
             contribution=tenths[c.id] / 10,
             evidence=[str(q)[:MAX_QUOTE] for q in by_id[c.id].get("evidence", [])[:MAX_EVIDENCE]],
         )
@@ -214,20 +217,27 @@ def explain(judgement: dict[str, Any], criteria: list[Criterion]) -> tuple[int, 
     return score, factors
 
 
-def _apportion(values: dict[str, float], total: int) -> dict[str, int]:
-    """Integers close to `values` that sum to `total` (largest remainder; never below 0)."""
-    floors = {k: math.floor(v) for k, v in values.items()}
-    gap = total - sum(floors.values())
-    order = sorted(values, key=lambda k: (values[k] - floors[k], values[k]), reverse=gap > 0)
-    i = 0
-    while gap != 0 and order:
-        key = order[i % len(order)]
-        step = 1 if gap > 0 else -1
-        if floors[key] + step >= 0:
-            floors[key] += step
-            gap -= step
-        i += 1
-    return floors
+def _apportion(values: dict[str, float], caps: dict[str, float], total: int) -> dict[str, int]:
+    """Integers that sum to `total`, close to `values`, one unit at a time.
+
+    Units go to the value furthest below its integer (taken from the one furthest above), never
+    to a value of 0 (a criterion rated 0 gives no points) and, unless nothing else can take them,
+    never past its cap or off a value already at its cap (a fully met criterion shows its full
+    points). |total - Σ floor(values)| is at most the number of values plus 5, so this is short.
+    """
+    result = {k: math.floor(v + 1e-9) for k, v in values.items()}
+    gap = total - sum(result.values())
+    while gap > 0:
+        open_ = [k for k in values if values[k] > 0 and result[k] + 1 <= caps[k] + 1e-9]
+        key = max(open_ or [k for k in values if values[k] > 0], key=lambda k: (values[k] - result[k], k))
+        result[key] += 1
+        gap -= 1
+    while gap < 0:
+        below_cap = [k for k in values if result[k] > 0 and values[k] < caps[k] - 1e-9]
+        key = min(below_cap or [k for k in values if result[k] > 0], key=lambda k: (values[k] - result[k], k))
+        result[key] -= 1
+        gap += 1
+    return result
 
 
 def tier_of(score: int, settings: ScoringSettings) -> Tier:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aigateway.auth import Principal
 from aigateway.completion import CallContext, Completions, CompletionSpec, Stage, json_output
-from aigateway.errors import JobCancelled, NotFound, UnknownLeads, VersionConflict
+from aigateway.errors import InvalidCursor, JobCancelled, NotFound, UnknownLeads, VersionConflict
 from aigateway.generation import model_calls, response_format_of
 from aigateway.governance.config import GovernanceConfigs
 from aigateway.governance.limits import LimitStatus, RateLimiter, Subject
@@ -53,7 +53,7 @@ from aigateway.scoring.scorer import (
 )
 from aigateway.settings import ConfigurationError
 from aigateway.store.dynamo import ConditionFailed, Dynamo, Item, TransactionCancelled
-from aigateway.store.repos import Jobs, Leads, ScoringSettingsRepo
+from aigateway.store.repos import TIER_RANK, Jobs, Leads, ScoringSettingsRepo
 
 FEATURE = "leads"  # rate limits on writes; budgets and ledger rows of scoring
 TEMPLATE = "lead_scoring"
@@ -393,6 +393,9 @@ class LeadService:
 
     def ranked(self, principal: Principal, *, tier: Tier | None, limit: int, cursor: str | None) -> LeadPage:
         after = decode_cursor(cursor, keys=("after",))
+        if after is not None and tier is not None and not after["after"].startswith(TIER_RANK[tier] + "#"):
+            # DynamoDB refuses a start key outside the query's key condition (a 500, not a 400).
+            raise InvalidCursor("the cursor belongs to another tier's list", field="cursor")
         items, last = self.leads.ranked(
             principal.tenant_id, tier=tier, limit=limit, after=after["after"] if after else None
         )
