@@ -39,6 +39,8 @@ from aigateway.scoring.service import (
 LEAD_ID = Path(pattern=LEAD_ID_PATTERN, description="Your id for the lead")
 LIMIT = Query(ge=1, le=200, description="Items per page")
 CURSOR = Query(description="The previous page's next_cursor")
+# 500 leads with long notes exceed the default 256 KiB; Lambda's synchronous payload limit is 6 MB.
+BULK_BODY_BYTES = 5 * 1024 * 1024
 
 app = create_app()
 
@@ -120,4 +122,4 @@ def get_scores(
     return deps.lead_service().history(require_principal(app), lead_id, limit=limit, cursor=cursor)
 
 
-lambda_handler = entrypoint(app)
+lambda_handler = entrypoint(app, max_body_bytes=BULK_BODY_BYTES)

@@ -226,8 +226,10 @@ def test_bulk_upsert_reports_each_lead_and_queues_only_the_new_and_changed(clien
 def test_a_bulk_upsert_of_500_leads_is_accepted_and_repeating_it_changes_nothing(
     client: Client, stack: LocalStack
 ) -> None:
-    # Given the largest bulk upsert allowed, not scored (more than one 100-key read of existing leads)
-    leads = [{"lead_id": f"N-{i:03d}", "company": f"Company {i}", "size": i} for i in range(500)]
+    # Given the largest bulk upsert allowed, not scored (more than one 100-key read of existing
+    # leads), with 1 KB of notes each: ~0.6 MB, over the 256 KiB other routes accept
+    leads = [{"lead_id": f"N-{i:03d}", "company": f"Company {i}", "size": i, "notes": "n" * 1000} for i in range(500)]
+    assert len(json.dumps({"leads": leads})) > 256 * 1024
     started = time.monotonic()
     first = client.post(LEADS, {"leads": leads, "score": "never"})
     # When it is sent again unchanged
@@ -240,6 +242,16 @@ def test_a_bulk_upsert_of_500_leads_is_accepted_and_repeating_it_changes_nothing
     assert {(i["status"], i["version"], i["job_id"]) for i in second.body["items"]} == {("unchanged", 1, None)}
     assert job_rows("demo") == []
     assert len(all_pages(client, f"{LEADS}?limit=200", sep="&")) == 500
+
+
+def test_a_bulk_body_over_5_mib_is_413_and_writes_nothing(client: Client, stack: LocalStack) -> None:
+    # Given 500 leads with 3,000-character notes of accented text (\\u00e9 escapes in JSON: ~9 MB)
+    leads = [{"lead_id": f"B-{i:03d}", "notes": "é" * 3000} for i in range(500)]
+    # When they are upserted in one request
+    reply = client.post(LEADS, {"leads": leads, "score": "never"})
+    # Then the body is refused before anything is parsed or written
+    assert reply.status == 413 and reply.body["error"]["code"] == "payload_too_large", reply.body
+    assert client.get(f"{LEADS}/B-000").status == 404
 
 
 # --- 2. bad input writes nothing ---------------------------------------------------------------------

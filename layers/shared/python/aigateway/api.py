@@ -185,9 +185,10 @@ def require_principal(app: APIGatewayHttpResolver) -> Principal:
 
 
 def entrypoint(
-    app: APIGatewayHttpResolver, *, public_routes: frozenset[str] = frozenset()
+    app: APIGatewayHttpResolver, *, public_routes: frozenset[str] = frozenset(), max_body_bytes: int | None = None
 ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    """The Lambda handler for an HTTP API function."""
+    """The Lambda handler for an HTTP API function; `max_body_bytes` overrides MAX_BODY_BYTES for
+    a function whose requests are legitimately larger (bulk upserts)."""
 
     @logger().inject_lambda_context(clear_state=True)
     def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -199,8 +200,9 @@ def entrypoint(
                 principal = principal_from_event(event)
                 logger().append_keys(tenant_id=principal.tenant_id, key_id=principal.key_id)
             body = event.get("body") or ""
-            if len(body.encode("utf-8") if isinstance(body, str) else body) > get_settings().max_body_bytes:
-                raise PayloadTooLarge(f"request body exceeds {get_settings().max_body_bytes} bytes", field="body")
+            limit = max_body_bytes or get_settings().max_body_bytes
+            if len(body.encode("utf-8") if isinstance(body, str) else body) > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes", field="body")
         except GatewayError as exc:
             return {
                 "statusCode": exc.status,
