@@ -245,7 +245,7 @@ def test_a_bulk_upsert_of_500_leads_is_accepted_and_repeating_it_changes_nothing
 
 
 def test_a_bulk_body_over_5_mib_is_413_and_writes_nothing(client: Client, stack: LocalStack) -> None:
-    # Given 500 leads with 3,000-character notes of accented text (\\u00e9 escapes in JSON: ~9 MB)
+    # Given 500 leads with 3,000-character notes of accented text (JSON-escaped as \u00e9: ~9 MB)
     leads = [{"lead_id": f"B-{i:03d}", "notes": "é" * 3000} for i in range(500)]
     # When they are upserted in one request
     reply = client.post(LEADS, {"leads": leads, "score": "never"})
