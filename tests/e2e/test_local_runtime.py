@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
@@ -91,3 +92,69 @@ def test_generate_over_http_then_cache_hit(server: tuple[str, list[str]]) -> Non
     assert first.headers["x-request-id"] == first.json()["request_id"]
     assert unauthorized.status_code == 401 and unauthorized.json()["error"]["code"] == "unauthorized"
     assert "/v1/generate" in openapi.json()["paths"]
+
+
+def test_the_operator_cli_scores_a_csv_end_to_end_over_http(server: tuple[str, list[str]], tmp_path: Path) -> None:
+    # Given the example lead file (five good rows, one with a size that is not a number on line 7)
+    url, _ = server
+    source = tmp_path / "leads.csv"
+    source.write_bytes((ROOT / "docs" / "examples" / "leads.csv").read_bytes())
+    out = tmp_path / "scored.csv"
+    env = {**os.environ, "AIG_BASE_URL": url, "AIG_API_KEY": DEMO_KEY, "PYTHONPATH": "layers/shared/python:functions:."}
+    # When the operator scores it with the CLI
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "score",
+            str(source),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--poll-interval",
+            "0.5",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    print(f"cli score: exit {done.returncode} in {time.monotonic() - started:.1f} s\n{done.stderr[-600:]}")
+    # Then it finishes with "some rows were bad" (exit 3), scores the good rows through the real
+    # stack and names the bad one by its line
+    assert done.returncode == 3, done.stderr
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    by_id = {r["lead_id"]: r for r in rows}
+    assert [r["line"] for r in rows] == ["2", "3", "4", "5", "6", "7"]
+    scored = [r for r in rows if r["status"] == "succeeded"]
+    assert {r["lead_id"] for r in scored} == {"acme-1", "globex-7", "initech-3", "umbrella-9", "hooli-2"}
+    assert all(r["tier"] in ("hot", "warm", "cold") and r["top_factors"] and r["job_id"] for r in scored)
+    assert by_id["bad-size"]["status"] != "succeeded" and "size" in by_id["bad-size"]["error"]
+    # And the scores are the ones the API holds for those leads
+    with httpx.Client(base_url=url, timeout=30) as http:
+        lead = http.get("/v1/leads/acme-1", headers={"Authorization": f"Bearer {DEMO_KEY}"}).json()
+    assert str(lead["score"]["score"]) == by_id["acme-1"]["score"] and lead["score"]["tier"] == by_id["acme-1"]["tier"]
+
+
+def test_a_lead_file_dropped_in_the_imports_bucket_is_imported_over_http(server: tuple[str, list[str]]) -> None:
+    # Given a JSONL lead file with one good and one malformed line
+    url, _ = server
+    body = (
+        b'{"lead_id": "jsonl-1", "company": "Initrode", "title": "CTO", "size": 120}\n'
+        b'{"lead_id": "jsonl-2", "size": -5}\n'
+    )
+    with httpx.Client(base_url=url, timeout=60) as http:
+        # When it is dropped in the imports bucket (the local stand-in for `aws s3 cp`)
+        report = http.put("/_local/imports/demo/drop.jsonl", content=body).json()
+        # Then the report names the bad line and the good lead is queued and scored
+        assert report["created"] == 1 and report["queued"] == 1, report
+        assert [r["line"] for r in report["rejected"]] == [2]
+        deadline = time.monotonic() + 60
+        score = None
+        while time.monotonic() < deadline and score is None:
+            score = http.get("/v1/leads/jsonl-1", headers={"Authorization": f"Bearer {DEMO_KEY}"}).json()["score"]
+            time.sleep(0.3)
+    assert score is not None and score["trigger"] == "import", score
