@@ -37,10 +37,12 @@ typecheck: install
 	$(VENV)/bin/mypy layers/shared/python/aigateway functions infra app.py bench cli
 
 ## Benchmarks: gateway-added latency, cold start, DynamoDB calls per request; then resilience
-## (/v1/generate with 20 % provider faults, with and without fallback models: $(PY) -m bench resilience).
+## (/v1/generate with 20 % provider faults, with and without fallback models: $(PY) -m bench resilience);
+## then lead scoring (1,000 leads end to end, AWS calls and cost per lead: $(PY) -m bench leads [--leads N]).
 bench: install
 	$(PY) -m bench
 	$(PY) -m bench resilience
+	$(PY) -m bench leads
 
 ## A month's usage export to a local file: make export MONTH=YYYY-MM [FORMAT=jsonl] [TENANT=id|*] [OUT=path]
 ## (key from $AIG_API_KEY, server from $AIG_BASE_URL, default the `make run` one).

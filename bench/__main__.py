@@ -144,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench import resilience
 
         return resilience.main()
+    if args[:1] == ["leads"]:
+        from bench import leads
+
+        return leads.main(args[1:])
     if args:
-        print("usage: python -m bench [resilience]", file=sys.stderr)
+        print("usage: python -m bench [resilience | leads [--leads N] [--in-flight K] [--timeout S]]", file=sys.stderr)
         return 2
     wall_start = time.perf_counter()
     os.environ.update(QUIET_ENV)
