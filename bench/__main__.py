@@ -39,6 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.streams import fds_into
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "build" / "bench" / "results.json"
 ROUNDS = 200
@@ -57,28 +59,14 @@ def _bootstrap_path() -> None:
 @contextlib.contextmanager
 def _quiet_fds() -> Iterator[None]:
     """Silence fds 1 and 2 (child processes included); replay what was written if the block fails."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        failed = False
         try:
-            yield
+            with fds_into(sink):
+                yield
         except BaseException:
-            failed = True
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
             raise
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            if failed:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
 
 
 def _command() -> str:

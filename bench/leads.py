@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import contextvars
 import json
 import math
@@ -78,10 +77,12 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from bench.streams import fds_to
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "bench"
@@ -660,31 +661,6 @@ class LambdaMeter:
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _fds_to(path: Path) -> Iterator[tuple[Any, Any]]:
-    """fds 1 and 2 into `path` (the gateway's JSON logs, and anything the runtime's threads print
-    later); yields (stdout, stderr) streams on the real ones, for the report and progress lines."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
-    err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
-    with open(path, "wb") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield out, err
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            out.close()
-            err.close()
 
 
 class ApiError(RuntimeError):
@@ -1634,7 +1610,7 @@ def main(argv: list[str] | None = None) -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     # The whole run writes fds 1 and 2 to the log (the runtime's threads may print after it);
     # the report and progress lines go to the real stdout and stderr.
-    with _fds_to(LOG) as (out, err):
+    with fds_to(LOG) as (out, err):
         try:
             raw = run(args.leads, args.timeout, args.poll_interval, args.in_flight, err)
             fig = figures(raw)

@@ -43,11 +43,12 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench.streams import fds_to
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "bench"
@@ -159,28 +160,6 @@ def prompts_copy(dest: Path, *, fallback_models: bool, static_answer: bool) -> P
     return dest
 
 
-@contextlib.contextmanager
-def _fds_to(path: Path) -> Iterator[Any]:
-    """fds 1 and 2 into `path` (the gateway's JSON logs and EMF lines); yields a stream for progress."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    progress = os.fdopen(os.dup(saved[1]), "w", buffering=1)
-    with open(path, "wb") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield progress
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            progress.close()
-
-
 def _progress(message: str, stream: Any = None) -> None:
     print(f"  … {message}", file=stream or sys.stderr, flush=True)
 
@@ -275,7 +254,7 @@ def run_variant(variant: Variant, template: Path, simulator: Any, provider_url: 
     BUILD.mkdir(parents=True, exist_ok=True)
     log = BUILD / f"resilience-{variant.key}.log"
     outcomes: list[Outcome] = []
-    with _fds_to(log) as progress:
+    with fds_to(log) as (_, progress):
         _progress(f"run {variant.key} ({variant.label}): starting a fresh stack", progress)
         stack = LocalStack(template, env_overrides=overrides).start()
         server: LocalHttpServer | None = None
@@ -640,7 +619,7 @@ def measure() -> tuple[dict[str, dict[str, Any]], dict[str, Any], float]:
     }
     _progress("resilience: synthesizing (skipped when nothing changed)")
     BUILD.mkdir(parents=True, exist_ok=True)
-    with _fds_to(BUILD / "resilience-synth.log"):
+    with fds_to(BUILD / "resilience-synth.log"):
         template = synthesize()
     simulator = SimulatedProviderServer(SimulatedProvider({}))
     provider_url = simulator.start()

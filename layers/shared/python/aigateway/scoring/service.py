@@ -325,13 +325,24 @@ class LeadService:
         return ScoreJobsOut(jobs=jobs), limits.headers()
 
     def _jobs(
-        self, principal: Principal, lead_ids: list[str], *, trigger: Trigger, at: str, ids: list[str] | None = None
+        self,
+        principal: Principal,
+        lead_ids: list[str],
+        *,
+        trigger: Trigger,
+        at: str,
+        ids: list[str] | None = None,
+        claimed: bool = False,
     ) -> list[tuple[str, bool]]:
+        """Queues the jobs; `claimed`: each lead was marked with its job (an automatic re-score),
+        so the workflow clears the mark when the job ends."""
         if not lead_ids:
             return []
         if not self.queue_url:
             raise ConfigurationError("JOBS_QUEUE_URL is not set")
-        requests = [{"lead_id": lead_id, "trigger": trigger} for lead_id in lead_ids]
+        requests = [
+            {"lead_id": lead_id, "trigger": trigger, **({"claimed": True} if claimed else {})} for lead_id in lead_ids
+        ]
         result = enqueue_many(
             self.jobs,
             self.queue_url,
@@ -358,7 +369,7 @@ class LeadService:
                 if self.leads.claim_rescore(principal.tenant_id, lead_id, job_id=job_id, at=at, unless_since=guard)
             ]
             lead_ids, ids = [p[0] for p in pairs], [p[1] for p in pairs]
-        self._jobs(principal, lead_ids, trigger=trigger, at=at, ids=ids)
+        self._jobs(principal, lead_ids, trigger=trigger, at=at, ids=ids, claimed=automatic)
         return list(zip(lead_ids, ids, strict=True))
 
     # --- reads ---------------------------------------------------------------------------------------
@@ -581,12 +592,14 @@ class LeadScorer:
         self.leads.set_latest(
             tenant, score.lead_id, summary=summary, tier=score.tier, score=score.score, scored_at=score.scored_at
         )
-        self.leads.release_rescore(tenant, score.lead_id, job_id=job.job_id)
+        self.release(job)
         logger().info(
             "lead scored",
             extra={"lead_id": score.lead_id, "score": score.score, "tier": score.tier, "scorer": score.scorer},
         )
 
     def release(self, job: JobMessage) -> None:
-        """A failed job no longer blocks automatic re-scores of its lead."""
-        self.leads.release_rescore(job.principal.tenant_id, str(job.request["lead_id"]), job_id=job.job_id)
+        """An ended automatic re-score no longer blocks the next one (jobs that claimed nothing,
+        like those of POST /v1/leads/score, have nothing to clear: no write)."""
+        if job.request.get("claimed"):
+            self.leads.release_rescore(job.principal.tenant_id, str(job.request["lead_id"]), job_id=job.job_id)
