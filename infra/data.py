@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Acknowledgment, Duration, RemovalPolicy, SecretValue, Validations
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
@@ -125,36 +127,11 @@ class Data(Construct):
         )
         # (cdk-nag S1 does not flag a bucket that is a server-access-log destination, nor SQS3 a
         # queue that is another queue's DLQ: neither needs an acknowledgment.)
-        self.exports_bucket = s3.Bucket(
-            self,
-            "Exports",
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self.key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            server_access_logs_bucket=self.access_logs_bucket,
-            server_access_logs_prefix="exports/",
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-
+        self.exports_bucket = self._bucket("Exports", log_prefix="exports/", versioned=True)
         # Lead files: `incoming/<tenant>/<file>` in, `reports/<tenant>/<file>.json` out. S3 sends
         # its object events to EventBridge (infra/schedules.py routes them to lead_batch).
-        self.imports_bucket = s3.Bucket(
-            self,
-            "Imports",
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self.key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            server_access_logs_bucket=self.access_logs_bucket,
-            server_access_logs_prefix="imports/",
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))],
-            removal_policy=RemovalPolicy.RETAIN,
+        self.imports_bucket = self._bucket(
+            "Imports", log_prefix="imports/", lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))]
         )
         # Set on the CloudFormation resource itself: `event_bridge_enabled=True` would add CDK's
         # bucket-notifications custom resource (one more Lambda, with a managed-policy role).
@@ -162,6 +139,24 @@ class Data(Construct):
         assert isinstance(imports_cfn, s3.CfnBucket)
         imports_cfn.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
             event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True)
+        )
+
+    def _bucket(self, construct_id: str, *, log_prefix: str, **options: Any) -> s3.Bucket:
+        """Private, SSE-KMS with the data key (bucket key on), TLS only, owner-enforced, access
+        logged under `log_prefix`, kept on stack deletion."""
+        return s3.Bucket(
+            self,
+            construct_id,
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.key,
+            bucket_key_enabled=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=self.access_logs_bucket,
+            server_access_logs_prefix=log_prefix,
+            removal_policy=RemovalPolicy.RETAIN,
+            **options,
         )
 
     def _table(

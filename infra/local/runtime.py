@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.local.provision import REGION, LocalFunction, Provisioned, Provisioner
+from infra.local.provision import ACCOUNT, REGION, LocalFunction, Provisioned, Provisioner
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
@@ -276,17 +276,7 @@ class LocalStack:
         target = self.resources.schedules.get(name)
         if target is None:
             raise KeyError(f"no schedule {name!r} (known: {sorted(self.resources.schedules)})")
-        event = {
-            "version": "0",
-            "id": str(uuid.uuid4()),
-            "detail-type": "Scheduled Event",
-            "source": "aws.events",
-            "account": "123456789012",
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "region": REGION,
-            "resources": [],
-            "detail": {},
-        }
+        event = _eventbridge_event("Scheduled Event", "aws.events", [], {})
         # A rule with a constant Input delivers that Input instead of the scheduled event.
         return self.invoke(target.function, target.input or event)
 
@@ -302,24 +292,15 @@ class LocalStack:
         key = f"incoming/{tenant_id}/{name}"
         s3 = boto3.client("s3", region_name=REGION)
         put = s3.put_object(Bucket=bucket, Key=key, Body=body)
-        event = {
+        detail = {
             "version": "0",
-            "id": str(uuid.uuid4()),
-            "detail-type": "Object Created",
-            "source": "aws.s3",
-            "account": "123456789012",
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "region": REGION,
-            "resources": [f"arn:aws:s3:::{bucket}"],
-            "detail": {
-                "version": "0",
-                "bucket": {"name": bucket},
-                "object": {"key": key, "size": len(body), "etag": put["ETag"].strip('"')},
-                "request-id": str(uuid.uuid4()),
-                "requester": "123456789012",
-                "reason": "PutObject",
-            },
+            "bucket": {"name": bucket},
+            "object": {"key": key, "size": len(body), "etag": put["ETag"].strip('"')},
+            "request-id": str(uuid.uuid4()),
+            "requester": ACCOUNT,
+            "reason": "PutObject",
         }
+        event = _eventbridge_event("Object Created", "aws.s3", [f"arn:aws:s3:::{bucket}"], detail)
         return self.invoke(rule.function, event)
 
     # --- SQS event sources -----------------------------------------------------------------
@@ -419,6 +400,21 @@ def _make_transactions_cheap() -> None:
 
     transact_write_items._cheap = True  # type: ignore[attr-defined]
     backend_cls.transact_write_items = transact_write_items  # type: ignore[method-assign,assignment]
+
+
+def _eventbridge_event(detail_type: str, source: str, resources: list[str], detail: dict[str, Any]) -> dict[str, Any]:
+    """An event as EventBridge delivers it to a rule's target."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": source,
+        "account": ACCOUNT,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": REGION,
+        "resources": resources,
+        "detail": detail,
+    }
 
 
 def _sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
