@@ -640,7 +640,9 @@ def test_pii_and_excluded_fields_never_reach_the_provider_nor_the_logs(
     # When leads with contact details, PII in the notes and a budget are upserted and scored,
     # by the API, the bulk endpoint and an inline score request
     jobs = [put_lead(client, "P-1", PRIVATE_LEAD).body["job_id"]]
-    jobs += [i["job_id"] for i in client.post(LEADS, {"leads": [{"lead_id": "P-2", **PRIVATE_LEAD}]}).body["items"]]
+    # (each lead differs, so no score is a cache hit of another's prompt and all three reach the provider)
+    p2 = {"lead_id": "P-2", **PRIVATE_LEAD, "title": "Head of Procurement"}
+    jobs += [i["job_id"] for i in client.post(LEADS, {"leads": [p2]}).body["items"]]
     inline = client.post(f"{LEADS}/score", {"leads": [{"lead_id": "P-3", **PRIVATE_LEAD, "title": "Chief of Staff"}]})
     jobs += [j["job_id"] for j in inline.body["jobs"]]
     results = [j["result"] for j in finish(client, jobs)]
