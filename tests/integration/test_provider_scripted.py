@@ -99,9 +99,9 @@ class Scripted:
     degraded_reason: str | None = None
     waits_s: float = 0.0  # the least time the request must take (a Retry-After honoured)
     within_s: float | None = None  # the most it may take (a Retry-After too long to wait for)
-    # A completion cut off by the content filter carries usage the provider may bill; whether the
-    # gateway should bill it is not settled here, so its row's cost is not asserted.
-    failures_cost_nothing: bool = True
+    # A completion cut off by the content filter came with usage the provider bills: its failure
+    # row charges exactly those tokens at the price in force.
+    billed_failure: bool = False
 
 
 CLASSIFICATION = {
@@ -185,7 +185,7 @@ CLASSIFICATION = {
         "content_filtered",
         ("content_filtered",),
         (PRIMARY,),
-        failures_cost_nothing=False,
+        billed_failure=True,
     ),
 }
 
@@ -212,13 +212,23 @@ def test_each_provider_failure_is_classified_and_handled_by_its_policy(
     # And the SDK's own retries are off: exactly one HTTP request per attempt, to the model the chain chose
     assert provider.call_count == len(case.script)
     assert tuple(json.loads(call.request.content)["model"] for call in provider.calls) == case.models
-    # And every attempt is its own ledger row; failed attempts cost nothing
+    # And every attempt is its own ledger row; failed attempts cost nothing unless the provider billed them
     rows = sorted(ledger_rows(stack), key=lambda r: int(r["attempt"]))
     assert [(int(r["attempt"]), r["model"], r.get("error_code")) for r in rows] == [
         (i, model, code) for i, (model, code) in enumerate(zip(case.models, case.codes, strict=True))
     ]
-    if case.failures_cost_nothing:
-        assert all(int(r["cost_micros"]) == 0 for r in rows if r["outcome"] == "failure")
+    failures = [r for r in rows if r["outcome"] == "failure"]
+    if case.billed_failure:
+        from datetime import UTC, datetime
+
+        billed = cost_micros(
+            price_for(PRIMARY, datetime.now(UTC)), input_tokens=1500, cached_tokens=0, output_tokens=120
+        )
+        assert [(int(r["cost_micros"]), int(r["input_tokens"]), int(r["output_tokens"])) for r in failures] == [
+            (billed, 1500, 120)
+        ]
+    else:
+        assert all(int(r["cost_micros"]) == 0 for r in failures)
     assert all(int(r["cost_micros"]) > 0 for r in rows if r["outcome"] == "success")
     # And a Retry-After within the gateway's patience was honoured, never cut short; a longer one was not waited for
     assert took >= case.waits_s
