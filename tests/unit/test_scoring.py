@@ -28,7 +28,15 @@ from aigateway.scoring.models import (
     default_criteria,
 )
 from aigateway.scoring.records import Row, read_csv, read_file, read_jsonl
-from aigateway.scoring.scorer import LeadView, check_judgement, explain, points, rate, rules_judgement
+from aigateway.scoring.scorer import (
+    LeadView,
+    check_judgement,
+    explain,
+    points,
+    prompt_variables,
+    rate,
+    rules_judgement,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF = date(2024, 6, 30)
@@ -533,15 +541,7 @@ def test_the_simulated_judgement_of_a_rendered_prompt_passes_the_evidence_check(
     lead = {**LEAD, "company": 'AT&T "Labs" <Research>', "title": "Head of Data & AI"}
     settings = ScoringSettings()
     view = LeadView.of(LeadData.model_validate(lead), settings)
-    share = points(settings.criteria)
-    variables = {
-        "as_of": AS_OF.isoformat(),
-        "criteria": [
-            {"id": c.id, "description": c.description, "points": round(share[c.id], 2)} for c in settings.criteria
-        ],
-        "fields": view.prompt_fields(),
-    }
-    messages = render_messages(template, variables)
+    messages = render_messages(template, prompt_variables(view, settings, AS_OF))
     prompt = messages[1]["content"]
     # Then the prompt carries no PII
     for secret in ("Jane Roe", "jane.roe@", "555 0132", "7946 0958"):

@@ -240,5 +240,18 @@ def _apportion(values: dict[str, float], caps: dict[str, float], total: int) -> 
     return result
 
 
+def prompt_variables(view: LeadView, settings: ScoringSettings, as_of: date) -> dict[str, Any]:
+    """The `lead_scoring` template's variables: the as-of date, the criteria with their points,
+    and the lead's view (never the lead itself)."""
+    share = points(settings.criteria)
+    return {
+        "as_of": as_of.isoformat(),
+        "criteria": [
+            {"id": c.id, "description": c.description, "points": round(share[c.id], 2)} for c in settings.criteria
+        ],
+        "fields": view.prompt_fields(),
+    }
+
+
 def tier_of(score: int, settings: ScoringSettings) -> Tier:
     return settings.thresholds.tier(score)

@@ -48,7 +48,7 @@ from aigateway.scoring.scorer import (
     check_judgement,
     data_hash,
     explain,
-    points,
+    prompt_variables,
     rules_judgement,
 )
 from aigateway.settings import ConfigurationError
@@ -512,15 +512,7 @@ class LeadScorer:
         now = self.clock()
         as_of = now.date()
         template = self.templates().get(TEMPLATE, None)
-        share = points(settings.criteria)
-        variables = {
-            "as_of": as_of.isoformat(),
-            "criteria": [
-                {"id": c.id, "description": c.description, "points": round(share[c.id], 2)} for c in settings.criteria
-            ],
-            "fields": view.prompt_fields(),
-        }
-        messages = render_messages(template, variables)
+        messages = render_messages(template, prompt_variables(view, settings, as_of))
         profile = get_profile(settings.model_profile or template.model_profile)
         calls = model_calls(template, profile, template.max_tokens, caller_chose=settings.model_profile is not None)
         schema = json_output(template.output_model)
