@@ -430,15 +430,8 @@ class Completions:
             )
         except GatewayError as exc:
             self._verdict(circuit, admission, probe, exc)
-            # One ledger row per attempt, failures included. A failed call is not billed, unless
-            # the provider answered and charged for it (an answer its content filter cut off).
-            billed = exc.billed_tokens if isinstance(exc, ContentFiltered) else None
-            usage, cost, price_from = Usage(0, 0, 0), 0, None
-            if billed is not None:
-                usage = Usage(*billed)
-                cost = cost_micros(price, input_tokens=billed[0], cached_tokens=billed[1], output_tokens=billed[2])
-                price_from = price.effective_from.isoformat()
-            failed = run.row(attempt, call.model, provider_cfg.name, "failure", usage, cost, price_from, error=exc.code)
+            # One ledger row per attempt, failures included; a failed call is not billed.
+            failed = run.row(attempt, call.model, provider_cfg.name, "failure", Usage(0, 0, 0), 0, None, error=exc.code)
             self._settle(ctx, failed, reservation, run.snapshot)
             raise
         self._verdict(circuit, admission, probe, None)
@@ -449,8 +442,10 @@ class Completions:
         provider = "simulated" if reply.simulated else provider_cfg.name
         price_from = price.effective_from.isoformat()
         try:
+            if reply.finish_reason == "content_filter":
+                raise ContentFiltered("the model provider's content filter withheld the answer")
             output = spec.validate(reply.content)
-        except InvalidModelOutput as exc:
+        except (InvalidModelOutput, ContentFiltered) as exc:
             # The provider answered (and charged us); the answer is unusable and is not cached.
             failed = run.row(attempt, call.model, provider, "failure", usage, cost, price_from, error=exc.code)
             self._settle(ctx, failed, reservation, run.snapshot)

@@ -223,20 +223,10 @@ class InvalidModelOutput(ProviderError):
 
 
 class ContentFiltered(GatewayError):
-    """The provider's content filter refused the input or cut the output: the content is the cause.
-
-    `billed_tokens` (input, cached input, output): a completion the filter cut off still came
-    with usage, which the provider bills; the attempt's ledger row charges it.
-    """
+    """The provider's content filter refused the input or cut the output: the content is the cause."""
 
     code = "content_filtered"
     status = 422
-
-    def __init__(
-        self, message: str, *, field: str | None = None, billed_tokens: tuple[int, int, int] | None = None
-    ) -> None:
-        super().__init__(message, field=field)
-        self.billed_tokens = billed_tokens
 
 
 class ContextLengthExceeded(GatewayError):

@@ -160,15 +160,13 @@ def chat_completion(
     cached = 0
     if usage is not None and usage.prompt_tokens_details is not None:
         cached = usage.prompt_tokens_details.cached_tokens or 0
-    tokens = (usage.prompt_tokens, cached, usage.completion_tokens) if usage else (0, 0, 0)
-    if choice.finish_reason == "content_filter":
-        raise ContentFiltered("the model provider's content filter withheld the answer", billed_tokens=tokens)
+    # finish_reason "content_filter" is an answer too (billed, unusable): the caller decides.
     return ProviderReply(
         content=choice.message.content or "",
         model=completion.model or model,
-        input_tokens=tokens[0],
-        cached_tokens=tokens[1],
-        output_tokens=tokens[2],
+        input_tokens=usage.prompt_tokens if usage else 0,
+        cached_tokens=cached,
+        output_tokens=usage.completion_tokens if usage else 0,
         finish_reason=choice.finish_reason or "stop",
         simulated=(completion.system_fingerprint or "") == "fp_simulated",
         latency_ms=latency_ms,
