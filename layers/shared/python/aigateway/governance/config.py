@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aigateway.store.repos import TenantSettings
 
 CONFIG_TTL_S = 30.0
+T = TypeVar("T")
 # A tenant nobody configured still has a ceiling: spend is never unbounded by omission.
 DEFAULT_MONTHLY_BUDGET_MICROS = 100_000_000  # 100 USD
 
@@ -79,28 +81,44 @@ class Governance(BaseModel):
         return [r for r in rules.values() if r.feature in (None, feature)]
 
 
-class GovernanceConfigs:
-    """Per-execution-environment read-through cache of tenants' governance settings."""
+class TenantCache(Generic[T]):
+    """Per-execution-environment read-through cache of one kind of tenant settings: `load` reads a
+    tenant's settings (defaults when it has none); a read is reused for `ttl_s`."""
 
-    def __init__(self, settings: TenantSettings, *, ttl_s: float = CONFIG_TTL_S):
-        self.settings = settings
+    def __init__(self, load: Callable[[str], T], *, ttl_s: float = CONFIG_TTL_S):
+        self._load = load
         self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, Governance]] = {}
+        self._cache: dict[str, tuple[float, T]] = {}
         self._lock = threading.Lock()
 
-    def get(self, tenant_id: str, *, fresh: bool = False) -> Governance:
+    def get(self, tenant_id: str, *, fresh: bool = False) -> T:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(tenant_id)
         if not fresh and cached is not None and now - cached[0] < self.ttl_s:
             return cached[1]
-        item = self.settings.get(tenant_id)
-        config = Governance.model_validate(item["governance"]) if item else Governance()
+        value = self._load(tenant_id)
         with self._lock:
-            self._cache[tenant_id] = (now, config)
-        return config
+            self._cache[tenant_id] = (now, value)
+        return value
+
+    def forget(self, tenant_id: str) -> None:
+        """After a change: this environment reads it at once (others within the TTL)."""
+        with self._lock:
+            self._cache.pop(tenant_id, None)
+
+
+class GovernanceConfigs(TenantCache[Governance]):
+    """Tenants' governance settings, read through the cache."""
+
+    def __init__(self, settings: TenantSettings, *, ttl_s: float = CONFIG_TTL_S):
+        super().__init__(self._read, ttl_s=ttl_s)
+        self.settings = settings
+
+    def _read(self, tenant_id: str) -> Governance:
+        item = self.settings.get(tenant_id)
+        return Governance.model_validate(item["governance"]) if item else Governance()
 
     def put(self, tenant_id: str, config: Governance, *, updated_by: str, at: str) -> None:
         self.settings.put(tenant_id, config.model_dump(mode="json"), updated_by=updated_by, at=at)
-        with self._lock:
-            self._cache.pop(tenant_id, None)
+        self.forget(tenant_id)

@@ -8,8 +8,6 @@ triggered it; the workflow reads the lead when it runs, so it scores the latest 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,7 @@ from aigateway.auth import Principal
 from aigateway.completion import CallContext, Completions, CompletionSpec, Stage, json_output
 from aigateway.errors import InvalidCursor, JobCancelled, NotFound, UnknownLeads, VersionConflict
 from aigateway.generation import model_calls, response_format_of
-from aigateway.governance.config import GovernanceConfigs
+from aigateway.governance.config import CONFIG_TTL_S, GovernanceConfigs, TenantCache
 from aigateway.governance.limits import LimitStatus, RateLimiter, Subject
 from aigateway.ids import new_id
 from aigateway.jobs import KIND_SCORE_LEAD, JobMessage, enqueue_many
@@ -57,7 +55,6 @@ from aigateway.store.repos import TIER_RANK, Jobs, Leads, ScoringSettingsRepo
 
 FEATURE = "leads"  # rate limits on writes; budgets and ledger rows of scoring
 TEMPLATE = "lead_scoring"
-CONFIG_TTL_S = 30.0
 # An automatic re-score (upsert, schedule, import) is not queued again while one queued within
 # this long is pending; after it, a lost job no longer blocks the lead.
 PENDING_GUARD = timedelta(hours=1)
@@ -71,37 +68,23 @@ def _utc_now() -> datetime:
 # --- tenant settings ------------------------------------------------------------------------------
 
 
-class ScoringConfigs:
-    """Per-execution-environment read-through cache of tenants' scoring settings (30 s)."""
+class ScoringConfigs(TenantCache[ScoringSettings]):
+    """Tenants' scoring settings, read through the cache (30 s per environment)."""
 
     def __init__(self, repo: ScoringSettingsRepo, *, ttl_s: float = CONFIG_TTL_S):
+        super().__init__(self._read, ttl_s=ttl_s)
         self.repo = repo
-        self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, ScoringSettings]] = {}
-        self._lock = threading.Lock()
 
-    def get(self, tenant_id: str, *, fresh: bool = False) -> ScoringSettings:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(tenant_id)
-        if not fresh and cached is not None and now - cached[0] < self.ttl_s:
-            return cached[1]
+    def _read(self, tenant_id: str) -> ScoringSettings:
         item = self.repo.get(tenant_id)
-        settings = (
-            ScoringSettings.model_validate(
-                {
-                    **item["settings"],
-                    "version": item["version"],
-                    "updated_at": item.get("updated_at"),
-                    "updated_by": item.get("updated_by"),
-                }
-            )
-            if item
-            else ScoringSettings()
-        )
-        with self._lock:
-            self._cache[tenant_id] = (now, settings)
-        return settings
+        if item is None:
+            return ScoringSettings()
+        stored = {
+            "version": item["version"],
+            "updated_at": item.get("updated_at"),
+            "updated_by": item.get("updated_by"),
+        }
+        return ScoringSettings.model_validate({**item["settings"], **stored})
 
     def put(self, tenant_id: str, settings: ScoringSettingsIn, *, updated_by: str, at: str) -> ScoringSettings:
         """Stores the next version; VersionConflict if another change landed since it was read."""
@@ -111,8 +94,7 @@ class ScoringConfigs:
             self.repo.put(tenant_id, settings.model_dump(mode="json"), version=version, at=at, updated_by=updated_by)
         except ConditionFailed as exc:
             raise VersionConflict("the scoring settings changed meanwhile; read them and try again") from exc
-        with self._lock:
-            self._cache.pop(tenant_id, None)
+        self.forget(tenant_id)
         return ScoringSettings.model_validate(
             {**settings.model_dump(), "version": version, "updated_at": at, "updated_by": updated_by}
         )
