@@ -175,3 +175,23 @@ def test_the_callers_rate_limits_apply_at_submit_under_the_jobs_feature(
     assert client.post("/v1/generate", SKILL).status == 200
     for reply in replies[:2]:
         assert wait_until_ended(client, reply.body["job_id"])["status"] == "succeeded"
+
+
+def test_a_job_sqs_refuses_is_recorded_failed_and_the_caller_gets_503(
+    client: Client, stack: LocalStack, monkeypatch: Any
+) -> None:
+    # Given SQS refusing every message
+    from aigateway import jobs
+
+    class Refusing:
+        def send_message_batch(self, **_: Any) -> Any:
+            raise RuntimeError("SQS is unavailable")
+
+    monkeypatch.setattr(jobs, "_sqs", lambda: Refusing())
+    # When a job is submitted
+    reply = submit(client)
+    # Then the caller is told to retry, and the job is not left queued with no message to run it
+    assert reply.status == 503 and reply.body["error"]["code"] == "queue_unavailable", reply.body
+    (row,) = job_rows("demo")
+    assert row["status"] == "failed" and row["error"]["type"] == "EnqueueFailed"
+    assert queued_messages() == 0

@@ -292,6 +292,13 @@ class JobNotRetryable(GatewayError):
     status = 409
 
 
+class QueueUnavailable(GatewayError):
+    """SQS did not accept a job's message: the job is recorded as failed and can be retried."""
+
+    code = "queue_unavailable"
+    status = 503
+
+
 class JobCancelled(GatewayError):
     """The job was cancelled before its workflow reached it: the workflow stops without writing."""
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigateway.auth import Principal
-from aigateway.errors import InvalidCursor, JobFinished, JobNotRetryable, NotFound
+from aigateway.errors import InvalidCursor, JobFinished, JobNotRetryable, NotFound, QueueUnavailable
 from aigateway.generation import GenerateRequest, model_calls
 from aigateway.governance.config import GovernanceConfigs
 from aigateway.governance.limits import RateLimiter, Subject
@@ -92,18 +92,19 @@ def enqueue(
 ) -> str:
     """Records the job, then queues it; returns the job id.
 
-    If queuing fails the row is marked `failed` (nothing stays `queued` that no message will run)
-    and the error propagates, so the caller knows to retry.
+    If SQS refuses the message the row is left `failed` (`EnqueueFailed`: nothing stays `queued`
+    that no message will run) and the caller gets 503 `queue_unavailable`, to retry.
     """
-    job_id = new_id()
-    now = created_at or datetime.now(UTC).isoformat()
-    jobs.create(job_id, tenant_id=principal.tenant_id, created_at=now, attributes=_attributes(principal, kind, request))
-    message = JobMessage(job_id=job_id, kind=kind, principal=principal, request=request)
-    try:
-        _sqs().send_message(QueueUrl=queue_url, MessageBody=message.model_dump_json())
-    except Exception as exc:
-        _mark_unsent(jobs, [message], at=datetime.now(UTC).isoformat(), cause=type(exc).__name__)
-        raise
+    ((job_id, queued),) = enqueue_many(
+        jobs,
+        queue_url,
+        principal=principal,
+        kind=kind,
+        requests=[request],
+        created_at=created_at or datetime.now(UTC).isoformat(),
+    )
+    if not queued:
+        raise QueueUnavailable(f"job {job_id} could not be queued; it is recorded as failed and can be retried")
     return job_id
 
 
@@ -162,16 +163,16 @@ def send(queue_url: str, messages: list[JobMessage]) -> set[str]:
     return unsent
 
 
-def _mark_unsent(jobs: Jobs, messages: list[JobMessage], *, at: str, cause: str = "SendMessageBatch") -> None:
+def _mark_unsent(jobs: Jobs, messages: list[JobMessage], *, at: str) -> None:
     for message in messages:
-        with suppress(Exception):  # best effort: the original error is what the caller needs
+        with suppress(Exception):  # best effort: the caller is told the job was not queued either way
             jobs.transition(
                 message.job_id,
                 tenant_id=message.principal.tenant_id,
                 to="failed",
                 allowed_from=("queued",),
                 at=at,
-                extra={"error": {"type": "EnqueueFailed", "cause": cause}},
+                extra={"error": {"type": "EnqueueFailed", "cause": "SQS did not accept the message"}},
             )
 
 
