@@ -23,7 +23,6 @@ from aigateway.jobs import JobService
 from aigateway.llm.client import provider_client
 from aigateway.prompts.registry import TemplateRegistry, get_registry
 from aigateway.resilience.breaker import CircuitBreaker
-from aigateway.scoring.service import LeadScorer, LeadService, ScoringConfigs
 from aigateway.settings import ConfigurationError, get_settings
 from aigateway.store.dynamo import dynamo
 from aigateway.store.repos import (
@@ -44,6 +43,8 @@ from aigateway.store.repos import (
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
+
+    from aigateway.scoring.service import LeadScorer, LeadService, ScoringConfigs
 
 
 @dataclass(frozen=True)
@@ -177,11 +178,16 @@ def job_service() -> JobService:
 
 @lru_cache(maxsize=1)
 def scoring_configs() -> ScoringConfigs:
+    # Lead scoring is imported by the functions that use it only (~45 ms of cold start otherwise).
+    from aigateway.scoring.service import ScoringConfigs
+
     return ScoringConfigs(repos().scoring)
 
 
 @lru_cache(maxsize=1)
 def lead_service() -> LeadService:
+    from aigateway.scoring.service import LeadService
+
     s, r = get_settings(), repos()
     return LeadService(
         leads=r.leads,
@@ -195,6 +201,8 @@ def lead_service() -> LeadService:
 
 @lru_cache(maxsize=1)
 def lead_scorer() -> LeadScorer:
+    from aigateway.scoring.service import LeadScorer
+
     r = repos()
     return LeadScorer(
         db=dynamo(),
