@@ -21,7 +21,7 @@ from typing import Any
 
 from aigateway.errors import InvalidModelOutput
 from aigateway.privacy import drop_fields, redact
-from aigateway.scoring.models import Criterion, Factor, LeadData, Rule, ScoringSettings, Tier
+from aigateway.scoring.models import Criterion, Factor, LeadData, Rule, ScoringSettings
 
 RULES_MODEL = "rules-scorer"  # the ledger's and the explanation's model name for the rules scorer
 MAX_EVIDENCE = 3
@@ -251,7 +251,3 @@ def prompt_variables(view: LeadView, settings: ScoringSettings, as_of: date) -> 
         ],
         "fields": view.prompt_fields(),
     }
-
-
-def tier_of(score: int, settings: ScoringSettings) -> Tier:
-    return settings.thresholds.tier(score)

@@ -644,9 +644,6 @@ class Leads:
         item = {"pk": self._pk(tenant_id, lead_id), "sk": f"SCORE#{job_id}", **record}
         return tx_put(self.table, item, condition="attribute_not_exists(pk)")
 
-    def score_record(self, tenant_id: str, lead_id: str, job_id: str) -> Item | None:
-        return self.db.get(self.table, {"pk": self._pk(tenant_id, lead_id), "sk": f"SCORE#{job_id}"}, consistent=True)
-
     def set_latest(self, tenant_id: str, lead_id: str, *, summary: Item, tier: str, score: int, scored_at: str) -> bool:
         """Makes this the lead's latest score unless a later one is already there; False if it was."""
         try:
