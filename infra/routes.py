@@ -60,6 +60,18 @@ FUNCTIONS: tuple[Function, ...] = (
         ),
     ),
     Function(
+        "chat",
+        "OpenAI-compatible chat completions and models; conversations with context-window management",
+        grants=(
+            "cache:readwrite",
+            "ledger:write",
+            "state:readwrite",
+            "secret:read",
+            "alerts:publish",
+            "idempotency:readwrite",
+        ),
+    ),
+    Function(
         "jobs",
         "Asynchronous jobs: validate, rate-limit and enqueue; read a job's status and result",
         memory_mb=256,
@@ -92,7 +104,7 @@ FUNCTIONS: tuple[Function, ...] = (
         "Finance: budget status, usage totals, paged ledger exports",
         memory_mb=1024,
         timeout_s=29,
-        grants=("ledger:read", "state:read"),
+        grants=("ledger:read", "state:readwrite"),
     ),
     Function(
         "exporter",
@@ -125,6 +137,18 @@ FUNCTIONS: tuple[Function, ...] = (
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/generate", "generate"),
+    Route("POST", "/v1/batch", "generate"),
+    Route("POST", "/v1/chat/completions", "chat"),
+    Route("GET", "/v1/models", "chat"),
+    Route("GET", "/v1/models/{model}", "chat"),
+    Route("POST", "/v1/conversations", "chat"),
+    Route("GET", "/v1/conversations", "chat"),
+    Route("GET", "/v1/conversations/{conversation_id}", "chat"),
+    Route("DELETE", "/v1/conversations/{conversation_id}", "chat"),
+    Route("POST", "/v1/conversations/{conversation_id}/messages", "chat"),
+    Route("PATCH", "/v1/conversations/{conversation_id}/messages/{message_id}", "chat"),
+    Route("POST", "/v1/feedback", "usage"),
+    Route("GET", "/v1/experiments/{template}/report", "usage"),
     Route("POST", "/v1/jobs", "jobs"),
     Route("GET", "/v1/jobs", "jobs"),
     Route("GET", "/v1/jobs/{job_id}", "jobs"),
@@ -144,6 +168,8 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/v1/admin/tenants/{tenant_id}/governance", "admin"),
     Route("GET", "/v1/admin/tenants/{tenant_id}/scoring", "admin"),
     Route("PUT", "/v1/admin/tenants/{tenant_id}/scoring", "admin"),
+    Route("GET", "/v1/admin/tenants/{tenant_id}/experiments/{template}", "admin"),
+    Route("PUT", "/v1/admin/tenants/{tenant_id}/experiments/{template}", "admin"),
     Route("GET", "/v1/health", "admin", public=True),
     Route("GET", "/v1/openapi.json", "admin", public=True),
 )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Header
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
@@ -91,7 +92,7 @@ def ok_response(description: str, model: Any, *, location: bool = False) -> Open
 
 
 def idempotent_response(
-    app: APIGatewayHttpResolver,
+    app: BaseRouter,
     *,
     key: str | None,
     payload: Any,
@@ -170,14 +171,14 @@ def _validation_error(exc: RequestValidationError) -> GatewayError:
     return ValidationFailed(message, field=field)
 
 
-def request_info(app: APIGatewayHttpResolver) -> RequestInfo:
+def request_info(app: BaseRouter) -> RequestInfo:
     info = app.context.get("request")
     if not isinstance(info, RequestInfo):  # only before routing, e.g. a 404 with no context yet
         return RequestInfo(request_id=new_id(), principal=None, deadline=Deadline(time.monotonic() + 29))
     return info
 
 
-def require_principal(app: APIGatewayHttpResolver) -> Principal:
+def require_principal(app: BaseRouter) -> Principal:
     principal = request_info(app).principal
     if principal is None:  # pragma: no cover - entrypoint authenticates non-public routes first
         raise GatewayError("route reached without authentication")
