@@ -122,6 +122,7 @@ class CompletionSpec:
     static_answer: str | None = None  # the template's labelled last resort, as model output text
     static_model: str = STATIC_MODEL  # the ledger's model name for it (lead scoring: the rules scorer)
     stale_if_error_s: int = 0  # how long past its TTL a cache entry may still serve, labelled
+    read_cache: bool = True  # False: the caller asked for a fresh answer (it is still cached for others)
 
     @property
     def primary(self) -> ModelCall:
@@ -289,7 +290,7 @@ class Completions:
             subject = Subject(p.tenant_id, p.key_id, p.user_id, ctx.client_ip, ctx.feature)
             takers = self.limiter.takers(subject, config.effective_rate_limits(ctx.feature), now_us=_epoch_us(now))
         results: list[Any] = self.db.parallel(
-            lambda: self.cache.get(p.tenant_id, digest, now_epoch=int(now.timestamp())),
+            lambda: self.cache.get(p.tenant_id, digest, now_epoch=int(now.timestamp())) if spec.read_cache else None,
             lambda: self.budgets.snapshot(p.tenant_id, scopes, period),
             self.breaker.refresh,
             *takers,

@@ -27,12 +27,28 @@ class GatewayError(Exception):
         self.headers = headers or {}
         self.details = details or {}
 
+    @property
+    def type(self) -> str:
+        """OpenAI's error `type` for this status, so one body shape serves our routes and OpenAI clients."""
+        return _OPENAI_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+
     def body(self, request_id: str) -> dict[str, object]:
-        error: dict[str, object] = {"code": self.code, "message": self.message}
+        # A superset of OpenAI's {"error": {"message", "type", "param", "code"}}: the official SDKs
+        # read message/type/param/code from it; our clients read code/field.
+        error: dict[str, object] = {"code": self.code, "message": self.message, "type": self.type, "param": self.field}
         if self.field is not None:
             error["field"] = self.field
         error.update(self.details)
         return {"error": error, "request_id": request_id}
+
+
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
 
 
 class InvalidRequest(GatewayError):
@@ -139,6 +155,24 @@ class BudgetExhausted(GatewayError):
 class NotFound(GatewayError):
     code = "not_found"
     status = 404
+
+
+class ModelNotFound(NotFound):
+    """OpenAI's answer to a model id it does not serve (`model_not_found`)."""
+
+    code = "model_not_found"
+
+
+class QuotaExceeded(GatewayError):
+    """A budget refused a request on the OpenAI-compatible route: OpenAI's `insufficient_quota` 429,
+    which OpenAI clients treat as "stop, do not retry" (our own routes answer 402 budget_exhausted)."""
+
+    code = "insufficient_quota"
+    status = 429
+
+    @property
+    def type(self) -> str:
+        return "insufficient_quota"
 
 
 class ProviderError(GatewayError):
@@ -311,3 +345,23 @@ class VersionConflict(GatewayError):
 
     code = "version_conflict"
     status = 409
+
+
+class InvalidRecord(ValidationFailed):
+    """A record given for `{*}` expansion is malformed: a bad field name, nesting deeper than one
+    level, too many fields or a value too long; `field` names the offending path."""
+
+    code = "invalid_record"
+
+
+class ExcludedField(ValidationFailed):
+    """An instruction's placeholder names a field that is excluded (by the template or the request):
+    excluded fields never leave the gateway, so the request is refused rather than sent without it."""
+
+    code = "excluded_field"
+
+
+class UnknownField(ValidationFailed):
+    """An instruction's placeholder names a field the record does not have."""
+
+    code = "unknown_field"
