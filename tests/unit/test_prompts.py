@@ -116,7 +116,9 @@ def test_every_template_file_loads_and_checks(registry: TemplateRegistry, path: 
     its folder's name and its file's version, check() passes (strict output schema, fallback valid
     against it), and its model profile and model exist in the catalog."""
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    template = registry.get(path.parent.name, int(path.stem.removeprefix("v")))
+    version, _, locale = path.stem.removeprefix("v").partition(".")  # v1 or v1.fr (a localised variant)
+    template = registry.get(path.parent.name, int(version), locale or None)
+    assert template.locale == (locale or raw.get("locale")), f"{path} is not what the registry serves"
     assert template.model_dump() == PromptTemplate.model_validate(raw).model_dump()
     template.check()  # raises TemplateError on a non-strict schema or a fallback that does not fit
     assert template.model_profile in PROFILES, f"{template.ref}: unknown model_profile {template.model_profile!r}"

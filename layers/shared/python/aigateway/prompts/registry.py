@@ -1,4 +1,12 @@
-"""Template registry: `prompts/<name>/v<version>.yaml`, loaded and checked once per process."""
+"""Template registry: `prompts/<name>/v<version>.yaml`, loaded and checked once per process.
+
+A version may have localised variants beside it, `prompts/<name>/v<version>.<locale>.yaml` (a
+BCP-47 tag such as `fr` or `pt-BR`, declared again in the file's `locale` field). A variant is
+the same template in another language: it must declare exactly the variables and output schema
+of its default file (checked at load), so a caller, the cache and the schema validation cannot
+tell versions apart by locale, only readers can. `get(name, version, locale)` serves the exact
+locale, then each shorter prefix of it (`fr-CA` → `fr`), then the default file.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +24,28 @@ from aigateway.errors import TemplateError, UnknownModel, UnknownTemplate
 from aigateway.llm.catalog import parse_hop
 from aigateway.prompts.schema import model_from_schema, strict_output_schema
 
-_FILE = re.compile(r"^v(\d+)\.ya?ml$")
+_FILE = re.compile(r"^v(\d+)(?:\.([A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*))?\.ya?ml$")
+# The canonical form of the BCP-47 subset we serve: language, optional script, optional region.
+LOCALE_PATTERN = r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-(?:[A-Z]{2}|[0-9]{3}))?$"
+_LOCALE = re.compile(LOCALE_PATTERN)
+
+
+def normalize_locale(value: str) -> str:
+    """`pt_br`, `PT-br` → `pt-BR`; `zh-hant-tw` → `zh-Hant-TW`. ValueError for anything else."""
+    parts = value.strip().replace("_", "-").split("-")
+    out = [parts[0].lower()]
+    for part in parts[1:]:
+        out.append(part.title() if len(part) == 4 else part.upper())
+    tag = "-".join(out)
+    if not _LOCALE.match(tag):
+        raise ValueError(f"{value!r} is not a locale like 'fr', 'pt-BR' or 'zh-Hant-TW'")
+    return tag
+
+
+def locale_fallbacks(locale: str) -> list[str]:
+    """The tags to try for a request's locale, most specific first: `zh-Hant-TW`, `zh-Hant`, `zh`."""
+    parts = locale.split("-")
+    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
 class PromptTemplate(BaseModel):
@@ -41,6 +70,9 @@ class PromptTemplate(BaseModel):
     fallback_models: list[str] | None = None
     # How long past cache_ttl_seconds a cached answer may still serve, labelled, when no model can.
     stale_if_error_seconds: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
+    # The language the text is written in. Required in a localised file (`v1.fr.yaml`); optional in
+    # a default file, where it names the language served when no variant matches the request.
+    locale: str | None = Field(default=None, pattern=LOCALE_PATTERN)
 
     @property
     def ref(self) -> str:
@@ -88,6 +120,9 @@ class TemplateRegistry:
     def __init__(self, root: Path):
         self.root = root
         self._templates: dict[str, dict[int, PromptTemplate]] = {}
+        # name → version → locale → the localised variant of that version
+        self._localised: dict[str, dict[int, dict[str, PromptTemplate]]] = {}
+        variants: list[tuple[Path, PromptTemplate]] = []
         for path in sorted(root.glob("*/v*.y*ml")):
             match = _FILE.match(path.name)
             if not match:
@@ -95,7 +130,26 @@ class TemplateRegistry:
             template = _load(path)
             if template.name != path.parent.name or template.version != int(match.group(1)):
                 raise TemplateError(f"{path}: name/version disagree with the file's location")
-            self._templates.setdefault(template.name, {})[template.version] = template
+            if match.group(2) is None:
+                self._templates.setdefault(template.name, {})[template.version] = template
+            elif template.locale != match.group(2):
+                raise TemplateError(f"{path}: its locale field ({template.locale!r}) disagrees with the file name")
+            else:
+                variants.append((path, template))
+        for path, variant in variants:  # after every default file is loaded, whatever the sort order
+            self._check_variant(path, variant)
+            self._localised.setdefault(variant.name, {}).setdefault(variant.version, {})[variant.locale or ""] = variant
+
+    def _check_variant(self, path: Path, variant: PromptTemplate) -> None:
+        """A localised file is a translation: same inputs and output as its default, another language."""
+        default = self._templates.get(variant.name, {}).get(variant.version)
+        if default is None:
+            raise TemplateError(f"{path}: there is no default file v{variant.version}.yaml for this locale")
+        if variant.locale == default.locale:
+            raise TemplateError(f"{path}: the default file already serves locale {variant.locale!r}")
+        for part in ("variables", "output_schema"):
+            if getattr(variant, part) != getattr(default, part):
+                raise TemplateError(f"{path}: {part} must be identical to {default.ref}'s (a variant only translates)")
 
     def names(self) -> list[str]:
         return sorted(self._templates)
@@ -103,19 +157,36 @@ class TemplateRegistry:
     def versions(self, name: str) -> list[int]:
         return sorted(self._templates.get(name, {}))
 
-    def get(self, name: str, version: int | None = None) -> PromptTemplate:
+    def locales(self, name: str, version: int) -> list[str]:
+        """The locales a version is served in: its default file's (if declared) and its variants'."""
+        default = self._templates.get(name, {}).get(version)
+        declared = [default.locale] if default is not None and default.locale else []
+        return sorted([*declared, *self._localised.get(name, {}).get(version, {})])
+
+    def get(self, name: str, version: int | None = None, locale: str | None = None) -> PromptTemplate:
+        """The version (latest when None) in the best match for `locale` (a canonical tag, see
+        `normalize_locale`): the exact tag, then its shorter prefixes, then the default file."""
         versions = self._templates.get(name)
         if not versions:
             raise UnknownTemplate(f"template {name!r} does not exist", field="template")
         if version is None:
-            return versions[max(versions)]
+            version = max(versions)
         try:
-            return versions[version]
+            default = versions[version]
         except KeyError:
             known = ", ".join(str(v) for v in sorted(versions))
             raise UnknownTemplate(
                 f"template {name!r} has no version {version} (versions: {known})", field="version"
             ) from None
+        if locale is None:
+            return default
+        localised = self._localised.get(name, {}).get(version, {})
+        for tag in locale_fallbacks(locale):
+            if tag in localised:
+                return localised[tag]
+            if tag == default.locale:
+                return default
+        return default
 
 
 def _load(path: Path) -> PromptTemplate:
