@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := layers/shared/python:functions:.
 
-.PHONY: install run test unit lint typecheck bench export score synth layers deploy clean
+.PHONY: install run test unit lint typecheck bench export score eval synth layers deploy clean
 
 $(STAMP): requirements-dev.txt layers/deps/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ export: install
 score: install
 	@test -n "$(CSV)" || { echo "usage: make score CSV=path [OUT=path]"; exit 2; }
 	$(PY) -m cli score '$(CSV)' $(if $(OUT),--out '$(OUT)')
+
+## Prompt evaluation: skill_assessment v1 against v2 over docs/examples/eval/skill_assessment.jsonl (schema
+## validity, keyword coverage, latency, cost per case), straight to the provider: OpenAI if OPENAI_API_KEY is set
+## (billed to it), else the simulator; no tenant budget or ledger. EVAL_ARGS adds options, e.g. --json out.json.
+eval: install
+	$(PY) -m cli eval --template skill_assessment --version 1 --compare 2 \
+		--dataset docs/examples/eval/skill_assessment.jsonl $(EVAL_ARGS)
 
 layers: install
 	$(PY) -c "from infra.layers import build_deps_layer, build_shared_layer; print(build_deps_layer()); print(build_shared_layer())"

@@ -1,5 +1,5 @@
 """`python -m cli export --month YYYY-MM ...`: see `cli/export.py`; `python -m cli score INPUT.csv ...`:
-see `cli/score.py`."""
+see `cli/score.py`; `python -m cli eval --template NAME --dataset CASES.jsonl ...`: see `cli/eval.py`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from cli import eval as eval_cmd
 from cli import export, score
 
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     export.add_parser(commands)
     score.add_parser(commands)
+    eval_cmd.add_parser(commands)
     return parser
 
 
