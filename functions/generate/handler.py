@@ -1,4 +1,4 @@
-"""Lambda for /v1/generate: parse → generate() (at most once per Idempotency-Key) → response.
+"""Lambda for /v1/generate and /v1/batch: parse → generate() (at most once per Idempotency-Key) → response.
 
 No AWS or OpenAI code here.
 """
@@ -23,6 +23,7 @@ from aigateway.api import (
 from aigateway.completion import CallContext
 from aigateway.generation import FEATURE, GenerateRequest, GenerateResponse, generate
 from aigateway.idempotency import Reply
+from generate.batch import BatchRequest, BatchResponse, run_batch
 
 app = create_app()
 
@@ -46,6 +47,27 @@ def post_generate(
         return Reply(200, response.model_dump(mode="json"), headers)
 
     return idempotent_response(app, key=idempotency_key, payload=request, run=run, store=deps.idempotency_store)
+
+
+@app.post(
+    "/v1/batch",
+    summary="Up to 10 generate requests at once, run concurrently within one deadline",
+    tags=["generate"],
+    responses={200: ok_response("Each item's status and its result or error", BatchResponse)},
+)
+def post_batch(
+    batch: Annotated[BatchRequest, Body()],
+    idempotency_key: Annotated[str | None, idempotency_key_header()] = None,
+) -> Response[Any]:
+    info = request_info(app)
+    principal = require_principal(app)
+    ctx = CallContext(info.request_id, principal, FEATURE, info.deadline, client_ip=info.client_ip)
+
+    def run() -> Reply:
+        response = run_batch(batch, ctx, templates=deps.templates(), completions=deps.completions())
+        return Reply(200, response.model_dump(mode="json"), {})
+
+    return idempotent_response(app, key=idempotency_key, payload=batch, run=run, store=deps.idempotency_store)
 
 
 lambda_handler = entrypoint(app)
