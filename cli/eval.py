@@ -126,7 +126,7 @@ def add_parser(commands: Any) -> None:
         help="exit 2 if a version's schema-validity rate is below RATE (a fraction, e.g. 0.9)",
     )
     # argparse exits 2 on a usage error, the status reserved here for --min-validity (CI gating).
-    parser.error = _usage_exit(parser)  # type: ignore[method-assign]
+    parser.error = _usage_exit(parser)
     parser.set_defaults(run=run)
 
 
