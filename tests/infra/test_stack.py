@@ -314,7 +314,7 @@ def test_idempotency_table_is_named_to_and_granted_for_the_post_functions_only(
 ) -> None:
     # Given the functions serving POST routes that honour Idempotency-Key
     tagged = {spec.name for spec in routes.FUNCTIONS if "idempotency:readwrite" in spec.grants}
-    assert tagged == {"generate", "jobs", "leads"}
+    assert tagged == {"chat", "generate", "jobs", "leads"}
     for spec in routes.FUNCTIONS:
         _, fn = lambda_functions(resources)[spec.name]
         env = fn["Properties"]["Environment"]["Variables"]
