@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aigateway.errors import TemplateError, UnknownModel, UnknownTemplate
 from aigateway.llm.catalog import parse_hop
+from aigateway.prompts.records import RecordExpansion, check_declaration
 from aigateway.prompts.schema import model_from_schema, strict_output_schema
 
 _FILE = re.compile(r"^v(\d+)(?:\.([A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*))?\.ya?ml$")
@@ -70,6 +71,8 @@ class PromptTemplate(BaseModel):
     fallback_models: list[str] | None = None
     # How long past cache_ttl_seconds a cached answer may still serve, labelled, when no model can.
     stale_if_error_seconds: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
+    # `{*}` / `{field}` expansion of a free-form record into instruction variables (prompts/records.py).
+    record_expansion: RecordExpansion | None = None
     # The language the text is written in. Required in a localised file (`v1.fr.yaml`); optional in
     # a default file, where it names the language served when no variant matches the request.
     locale: str | None = Field(default=None, pattern=LOCALE_PATTERN)
@@ -101,6 +104,7 @@ class PromptTemplate(BaseModel):
             _ = self.variables_model, self.compiled
         except JinjaError as exc:
             raise TemplateError(f"{self.ref}: template text does not compile: {exc}") from exc
+        check_declaration(self.ref, self.variables, self.record_expansion)
         for hop in self.fallback_models or ():
             try:
                 parse_hop(hop)

@@ -85,6 +85,11 @@ def _annotation(name: str, schema: dict[str, Any], forbid_extra: bool) -> Any:
             item = Annotated[item, Field(**item_constraints)]
         return list[item]  # type: ignore[valid-type]
     if kind == "object":
+        if schema.get("additionalProperties") is True and not schema.get("properties"):
+            # A free-form object (a CRM record). Only a template's declared record variable may be
+            # one (prompts/records.py checks that at load, and bounds its size per request); strict
+            # output schemas refuse it, since every output object must forbid additional properties.
+            return dict[str, Any]
         return _object_model(name, schema, forbid_extra)
     raise TemplateError(f"{name}: unsupported schema type {kind!r}")
 
