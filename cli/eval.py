@@ -75,7 +75,7 @@ MAX_ID = 100
 MAX_LOCALE = 35  # the longest BCP 47 tag worth supporting
 LINE_FIELDS = ("id", "variables", "expected_keywords", "locale")
 # Settings insists on the tables every Lambda function uses; this command never touches them.
-UNUSED_TABLES = {"CACHE_TABLE": "unused-by-cli-eval", "LEDGER_TABLE": "unused-by-cli-eval", "STATE_TABLE": "unused"}
+UNUSED_TABLES = dict.fromkeys(("CACHE_TABLE", "LEDGER_TABLE", "STATE_TABLE"), "unused-by-cli-eval")
 
 ANSWERED = ("valid", "invalid", "filtered", "answered")  # the provider answered (and billed)
 
@@ -415,7 +415,7 @@ def run(
         settings = Settings.model_validate({**UNUSED_TABLES, **(os.environ if env is None else env)})
         targets = resolve_targets(args, settings)
         dataset = read_dataset(args.dataset)
-        llm = llm or provider_client(settings)
+        llm = llm or configured_provider(settings)
     except ValidationError as exc:
         print(f"error: invalid environment: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -456,6 +456,17 @@ def run(
             return EXIT_ERROR
         print(f"wrote {args.json}")
     return gate(report, args.min_validity)
+
+
+def configured_provider(settings: Settings) -> Llm:
+    """The gateway's own provider selection; a key kept in Secrets Manager is read with the caller's
+    AWS credentials, and failing to read it is a configuration error, not a crash."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return provider_client(settings)
+    except (BotoCoreError, ClientError) as exc:
+        raise UsageError(f"cannot read the OpenAI key from OPENAI_SECRET_ARN: {exc}") from None
 
 
 def resolve_targets(args: argparse.Namespace, settings: Settings) -> list[Target]:
