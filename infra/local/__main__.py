@@ -111,6 +111,14 @@ Try it:
   curl -s {url}/v1/admin/tenants/demo/governance -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/openapi.json | head -c 400
 
+OpenAI-compatible (any OpenAI SDK: base_url={url}/v1, api_key=the key above):
+  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Say hello"}}]}}'
+  # add "stream":true for server-sent events; models: curl -s {url}/v1/models -H 'Authorization: Bearer {key}'
+  curl -s {url}/v1/batch -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
+       -d '{{"requests":[{body},{{"template":"nope"}}]}}'
+  # 200 with one status per item: the good one answered, the bad one 404 unknown_template
+
 Lead scoring (asynchronous: SQS → Step Functions → LLM scorer, fallback model, rules scorer):
   curl -s -X PUT {url}/v1/leads/acme-1 -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
        -d '{lead}'

@@ -77,6 +77,33 @@ def test_banner_prints_the_demo_key_and_working_curl_lines(server: tuple[str, li
     assert "simulated" in banner
 
 
+def banner_curl_commands(banner: str) -> list[str]:
+    """Every runnable `curl` command the banner prints (continuation lines joined); commands with a
+    placeholder such as <job_id> or piped into another program are not runnable as printed."""
+    joined = banner.replace("\\\n", " ")
+    commands = [line.strip() for line in joined.splitlines() if line.strip().startswith("curl ")]
+    return [c for c in commands if "<" not in c and "|" not in c]
+
+
+def test_every_curl_line_the_banner_prints_works_as_pasted(server: tuple[str, list[str]]) -> None:
+    _, output = server
+    commands = banner_curl_commands("".join(output))
+    codes = {}
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command + " -o /dev/null -w '%{http_code}'"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        codes[command[:90]] = done.stdout.strip()
+    print(f"\n{len(commands)} banner curl lines: " + ", ".join(sorted(set(codes.values()))))
+    assert len(commands) >= 12 and any("/v1/chat/completions" in c for c in commands)
+    assert all(code.startswith("2") for code in codes.values()), codes
+
+
 def test_generate_over_http_then_cache_hit(server: tuple[str, list[str]]) -> None:
     url, _ = server
     headers = {"Authorization": f"Bearer {DEMO_KEY}"}
