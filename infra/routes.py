@@ -101,7 +101,7 @@ FUNCTIONS: tuple[Function, ...] = (
     ),
     Function(
         "usage",
-        "Finance: budget status, usage totals, paged ledger exports",
+        "Finance: budget status, usage totals, paged ledger exports; feedback and prompt experiment reports",
         memory_mb=1024,
         timeout_s=29,
         grants=("ledger:read", "state:readwrite"),

@@ -1,5 +1,5 @@
-"""Lambda for operator endpoints: health and OpenAPI (public); tenant governance and lead-scoring
-settings (admin keys only)."""
+"""Lambda for operator endpoints: health and OpenAPI (public); tenant governance, lead-scoring
+settings and prompt experiments (admin keys only)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 
+from admin.experiments import get_experiment, put_experiment
 from admin.governance import GovernanceOut, get_governance, put_governance
 from admin.health import check_health, openapi_document
 from admin.scoring import get_scoring, put_scoring
 from aigateway.api import create_app, entrypoint, json_response, require_principal
+from aigateway.experiments import TEMPLATE_NAME, ExperimentIn, ExperimentOut
 from aigateway.governance.config import Governance
 from aigateway.scoring.models import ScoringSettings, ScoringSettingsIn
 
 TENANT_ID = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Tenant id")
+TEMPLATE = Path(pattern=TEMPLATE_NAME, description="Template name, e.g. skill_assessment")
 
 app = create_app()
 
@@ -71,6 +74,26 @@ def put_tenant_scoring(
     tenant_id: Annotated[str, TENANT_ID], settings: Annotated[ScoringSettingsIn, Body()]
 ) -> ScoringSettings:
     return put_scoring(require_principal(app), tenant_id, settings)
+
+
+@app.get(
+    "/v1/admin/tenants/<tenant_id>/experiments/<template>",
+    summary="A tenant's prompt experiment on a template: pinned version or weighted variants (admin)",
+    tags=["admin"],
+)
+def get_tenant_experiment(tenant_id: Annotated[str, TENANT_ID], template: Annotated[str, TEMPLATE]) -> ExperimentOut:
+    return get_experiment(require_principal(app), tenant_id, template)
+
+
+@app.put(
+    "/v1/admin/tenants/<tenant_id>/experiments/<template>",
+    summary="Replace a tenant's prompt experiment on a template (admin): {pinned_version}, {variants}, or {} to end it",
+    tags=["admin"],
+)
+def put_tenant_experiment(
+    tenant_id: Annotated[str, TENANT_ID], template: Annotated[str, TEMPLATE], settings: Annotated[ExperimentIn, Body()]
+) -> ExperimentOut:
+    return put_experiment(require_principal(app), tenant_id, template, settings)
 
 
 lambda_handler = entrypoint(app, public_routes=frozenset({"GET /v1/health", "GET /v1/openapi.json"}))

@@ -43,7 +43,13 @@ def post_generate(
     ctx = CallContext(info.request_id, principal, FEATURE, info.deadline, client_ip=info.client_ip)
 
     def run() -> Reply:
-        response, headers = generate(request, ctx, templates=deps.templates(), completions=deps.completions())
+        response, headers = generate(
+            request,
+            ctx,
+            templates=deps.templates(),
+            completions=deps.completions(),
+            experiments=deps.experiment_configs(),
+        )
         return Reply(200, response.model_dump(mode="json"), headers)
 
     return idempotent_response(app, key=idempotency_key, payload=request, run=run, store=deps.idempotency_store)

@@ -1,4 +1,5 @@
-"""Lambda for finance: GET /v1/budget, GET /v1/usage, GET /v1/usage/export.
+"""Lambda for finance: GET /v1/budget, GET /v1/usage, GET /v1/usage/export; and for prompt
+experiments: POST /v1/feedback, GET /v1/experiments/{template}/report (aigateway.experiments).
 
 The logic is in `aigateway.governance.usage`; the monthly S3 export runs in `functions/exporter`
 (a whole month needs more than the 29 s an HTTP function may take).
@@ -10,11 +11,12 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
 
 from aigateway import deps
 from aigateway.api import JSON, create_app, entrypoint, require_principal
+from aigateway.experiments import TEMPLATE_NAME, ExperimentReport, FeedbackIn, FeedbackOut
 from aigateway.governance.usage import (
     CONTENT_TYPES,
     DEFAULT_PAGE_SIZE,
@@ -112,6 +114,41 @@ def export_headers(page: ExportPage, page_size: int) -> dict[str, str]:
         headers["x-next-cursor"] = page.next_cursor
         headers["link"] = f'</v1/usage/export?{urlencode(query)}>; rel="next"'
     return headers
+
+
+@app.post(
+    "/v1/feedback",
+    summary="Rate a request's answer (1-5); one rating per request and user, a repeat replaces it",
+    tags=["experiments"],
+    responses={
+        201: {"description": "The rating, stored", "content": {JSON: {"model": FeedbackOut}}},
+        200: {
+            "description": "The rating, replacing this user's earlier one",
+            "content": {JSON: {"model": FeedbackOut}},
+        },
+    },
+)
+def post_feedback(feedback: Annotated[FeedbackIn, Body()]) -> Response[FeedbackOut]:
+    stored = deps.experiment_service().give_feedback(require_principal(app), feedback)
+    return Response(200 if stored.replaced else 201, JSON, stored)
+
+
+@app.get(
+    "/v1/experiments/<template>/report",
+    summary="Compare a template's variants: requests, schema validity, fallbacks, latency, cost and feedback",
+    tags=["experiments"],
+)
+def get_experiment_report(
+    template: Annotated[str, Path(pattern=TEMPLATE_NAME, description="Template name")],
+    since: Annotated[
+        str | None, Query(description="First day, YYYY-MM-DD (UTC); default: 29 days before 'until'")
+    ] = None,
+    until: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (UTC); default: today")] = None,
+    tenant: Annotated[str | None, Query(description="Another tenant's id (admin keys only)")] = None,
+) -> Response[ExperimentReport]:
+    scope = deps.usage_service().scope_of(require_principal(app), tenant, allow_all=False)
+    report = deps.experiment_service().report(scope, template, since=since, until=until)
+    return Response(200, JSON, report)
 
 
 lambda_handler = entrypoint(app)

@@ -82,6 +82,8 @@ def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
         completions=deps.completions(),
         stage=stage,
         degraded_reason=reason,
+        # Assignment is a pure function of the stored experiment: every stage picks the same variant.
+        experiments=deps.experiment_configs(),
     )
     return response.model_dump(mode="json")
 

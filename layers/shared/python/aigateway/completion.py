@@ -101,6 +101,10 @@ class CallContext:
     client_ip: str | None = None
     attempt: int = 0  # the first ledger attempt number of this call: rows are <request_id>#<attempt>
     rate_limited: bool = True  # False where limits were applied upstream (asynchronous jobs)
+    # The prompt experiment's label for this request (aigateway/experiments.py) and the locale of
+    # the template text served; both go into every ledger row of the request.
+    variant: str | None = None
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -654,6 +658,8 @@ def ledger_entry(
         key_id=ctx.principal.key_id,
         feature=ctx.feature,
         template=ctx.template,
+        variant=ctx.variant,
+        locale=ctx.locale,
         model=model,
         provider=provider,
         outcome=outcome,

@@ -44,6 +44,7 @@ from aigateway.store.repos import (
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
 
+    from aigateway.experiments import ExperimentConfigs, ExperimentService
     from aigateway.scoring.service import LeadScorer, LeadService, ScoringConfigs
 
 
@@ -214,6 +215,31 @@ def lead_scorer() -> LeadScorer:
     )
 
 
+@lru_cache(maxsize=1)
+def experiment_configs() -> ExperimentConfigs:
+    """Tenants' prompt experiments (pins and splits), read through the 30 s tenant cache."""
+    from aigateway.experiments import ExperimentConfigs
+    from aigateway.store.experiments import ExperimentsRepo
+
+    return ExperimentConfigs(ExperimentsRepo(dynamo(), get_settings().state_table))
+
+
+@lru_cache(maxsize=1)
+def experiment_service() -> ExperimentService:
+    """Feedback and experiment reports (the usage function)."""
+    from aigateway.experiments import ExperimentService
+    from aigateway.store.experiments import FeedbackRepo, LedgerReads
+
+    s = get_settings()
+    return ExperimentService(
+        db=dynamo(),
+        ledger=LedgerReads(dynamo(), s.ledger_table),
+        feedback_repo=FeedbackRepo(dynamo(), s.state_table),
+        configs=experiment_configs(),
+        templates=templates,
+    )
+
+
 def reset() -> None:
     """Forget every cached client and setting (tests, and the local runtime between stacks)."""
     from aigateway.llm import client
@@ -234,6 +260,8 @@ def reset() -> None:
         scoring_configs,
         lead_service,
         lead_scorer,
+        experiment_configs,
+        experiment_service,
         get_registry,
         client.provider_config,
         client._client,

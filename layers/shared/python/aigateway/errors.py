@@ -365,3 +365,53 @@ class UnknownField(ValidationFailed):
     """An instruction's placeholder names a field the record does not have."""
 
     code = "unknown_field"
+
+
+class UnknownRequest(NotFound):
+    """No request with this id in the caller's tenant (another tenant's is reported the same way)."""
+
+    code = "unknown_request"
+
+
+class UnknownTemplateVersion(ValidationFailed):
+    """An experiment names a template version that is not deployed."""
+
+    code = "unknown_template_version"
+
+
+class ReportTooLarge(InvalidRequest):
+    """The report's range holds more ledger rows than one request may read: narrow the range."""
+
+    code = "report_too_large"
+
+
+class ConversationNotFound(NotFound):
+    """No such conversation for this caller: another user's or tenant's is reported the same way."""
+
+    code = "conversation_not_found"
+
+
+class MessageNotFound(NotFound):
+    """The conversation has no message with this id."""
+
+    code = "message_not_found"
+
+
+class ConversationBusy(GatewayError):
+    """Another message to this conversation is being answered: retry when it has finished."""
+
+    code = "conversation_busy"
+    status = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class ContextBudgetExceeded(InvalidRequest):
+    """What must be sent every turn (system prompt, pinned messages, the new message) exceeds the
+    conversation's token budget; `needed_tokens` and `token_budget` say by how much."""
+
+    code = "context_budget_exceeded"
+
+    def __init__(self, message: str, *, needed_tokens: int, token_budget: int, field: str | None = None) -> None:
+        super().__init__(message, field=field, details={"needed_tokens": needed_tokens, "token_budget": token_budget})

@@ -9,12 +9,13 @@ import json
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aigateway.completion import CallContext, Completions, CompletionSpec, ModelCall, Stage, json_output
+from aigateway.experiments import ExperimentConfigs, choose_template
 from aigateway.governance.pricing import micros_to_usd
 from aigateway.llm.catalog import Profile, completion_params, get_model, get_profile, parse_hop
-from aigateway.prompts.registry import PromptTemplate, TemplateRegistry
+from aigateway.prompts.registry import PromptTemplate, TemplateRegistry, normalize_locale
 from aigateway.prompts.render import render_messages
 
 
@@ -26,6 +27,24 @@ class GenerateRequest(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict, description="Values for the template's declared variables")
     model_profile: str | None = Field(default=None, description="creative | analytical | reasoning")
     max_tokens: int | None = Field(default=None, ge=16, le=32_000, description="Output token ceiling")
+    locale: str | None = Field(
+        default=None,
+        description="BCP-47 tag (fr, pt-BR): the template's text in that language if it has it, else the closest "
+        "(fr-CA → fr), else its default; the response names the locale served",
+    )
+    user: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="Your end user's stable id, as in OpenAI's `user`: prompt experiments assign variants per end "
+        "user (default: the API key's user). Not written to the ledger or logs",
+    )
+
+    @field_validator("locale")
+    @classmethod
+    def _canonical_locale(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_locale(value)
 
 
 class UsageOut(BaseModel):
@@ -57,6 +76,12 @@ class GenerateResponse(BaseModel):
     cost_usd: float = Field(description="What this request cost (0 for a cache hit), in USD")
     cost_micros: int = Field(description="The same, exact, in micro-USD")
     cost_saved_micros: int = Field(description="For a cache hit: what the original call cost")
+    variant: str | None = Field(
+        default=None,
+        description="The prompt experiment's label: a variant name, `pinned` (the tenant's pin), `request` (you "
+        "named the version), or null (no experiment: the latest version)",
+    )
+    locale: str | None = Field(default=None, description="The locale of the template text served")
 
 
 FEATURE = "generate"
@@ -98,19 +123,30 @@ def generate(
     completions: Completions,
     stage: Stage = "all",
     degraded_reason: str | None = None,
+    experiments: ExperimentConfigs | None = None,
 ) -> tuple[GenerateResponse, dict[str, str]]:
     """The response, and the headers that go with it (the caller's rate-limit status).
 
     `stage` runs one part of the fallback chain (the jobs workflow); see Completions.complete.
+    `experiments`: the tenants' prompt experiments (None: none apply, the latest version serves).
     """
-    template = templates.get(request.template, request.version)
+    template, variant = choose_template(
+        request.template,
+        principal=ctx.principal,
+        requested_version=request.version,
+        locale=request.locale,
+        end_user=request.user,
+        templates=templates,
+        experiments=experiments,
+    )
     messages = render_messages(template, request.variables)
     profile = get_profile(request.model_profile or template.model_profile)
     calls = model_calls(
         template, profile, request.max_tokens or template.max_tokens, caller_chose=request.model_profile is not None
     )
     response_format = response_format_of(template)
-    ctx = replace(ctx, template=template.ref)  # the caller names the feature (generate, jobs …)
+    # The caller names the feature (generate, jobs …); the template decides the rest of the row.
+    ctx = replace(ctx, template=template.ref, variant=variant, locale=template.locale)
     static = template.fallback
     result = completions.complete(
         ctx,
@@ -147,5 +183,7 @@ def generate(
         cost_usd=float(micros_to_usd(result.cost_micros)),
         cost_micros=result.cost_micros,
         cost_saved_micros=result.cost_saved_micros,
+        variant=variant,
+        locale=template.locale,
     )
     return response, result.limits.headers()

@@ -55,6 +55,10 @@ class LedgerEntry(BaseModel):
     key_id: str
     feature: str
     template: str | None  # name@version
+    # The prompt experiment's label (a variant name, "pinned", "request") and the template's locale;
+    # None on rows of requests without them, and on rows written before they existed.
+    variant: str | None = None
+    locale: str | None = None
     model: str
     provider: str
     outcome: Outcome

@@ -89,6 +89,8 @@ EXPORT_COLUMNS = (
     "cost_saved_micros",
     "price_effective_from",
     "latency_ms",
+    "variant",  # the prompt experiment's label (empty when none); appended so older readers keep their columns
+    "locale",
 )
 _INT_COLUMNS = frozenset(
     {"attempt", "input_tokens", "cached_tokens", "output_tokens", "cost_micros", "cost_saved_micros", "latency_ms"}
