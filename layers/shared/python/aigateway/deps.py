@@ -44,6 +44,7 @@ from aigateway.store.repos import (
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
 
+    from aigateway.conversations import ConversationService
     from aigateway.experiments import ExperimentConfigs, ExperimentService
     from aigateway.scoring.service import LeadScorer, LeadService, ScoringConfigs
 
@@ -240,6 +241,17 @@ def experiment_service() -> ExperimentService:
     )
 
 
+@lru_cache(maxsize=1)
+def conversation_service() -> ConversationService:
+    """Conversations (the chat function): history in the State table, turns through completions()."""
+    from aigateway.conversations import ConversationService
+    from aigateway.store.conversations import ConversationStore
+
+    return ConversationService(
+        store=ConversationStore(dynamo(), get_settings().state_table), completions=completions(), templates=templates
+    )
+
+
 def reset() -> None:
     """Forget every cached client and setting (tests, and the local runtime between stacks)."""
     from aigateway.llm import client
@@ -260,6 +272,7 @@ def reset() -> None:
         scoring_configs,
         lead_service,
         lead_scorer,
+        conversation_service,
         experiment_configs,
         experiment_service,
         get_registry,
