@@ -136,7 +136,7 @@ def _exclusions(spec: RecordExpansion, values: dict[str, Any]) -> set[str]:
         if not _PATH.match(path):
             raise ValidationFailed(
                 f"exclude path {path!r} is not a field name or `top.sub` path",
-                field=f"variables.{spec.exclude_variable}[{i}]",
+                field=f"variables.{spec.exclude_variable}.{i}",  # as pydantic locates list items
             )
     return {path.casefold() for path in (*spec.exclude, *(requested or ()))}
 
