@@ -287,7 +287,8 @@ def test_compare_runs_both_versions_on_the_same_cases_with_deltas(
     versions run every case, calls interleave case by case (so the second call is v2 on case a,
     not v1 on case b), and the comparison gives -25 validity points, the ratios of the two
     summaries, and case a as valid in v1 only."""
-    plan = FaultPlan(script=("ok", "schema_invalid"))
+    # A floor under every call's latency: an in-process call can take under 1 ms, and a ratio to 0 ms is undefined.
+    plan = FaultPlan(script=("ok", "schema_invalid"), latency_ms=3)
     dataset = write_jsonl(tmp_path / "c.jsonl", FOUR)
     result = run_eval(tmp_path, dataset, "--compare", "2", "--concurrency", "1", plan=plan, capsys=capsys)
     assert result.code == 0 and result.report is not None
