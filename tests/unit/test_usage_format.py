@@ -66,6 +66,11 @@ def test_export_record_has_the_documented_columns_in_order() -> None:
     assert tuple(record) == EXPORT_COLUMNS
     assert record["cost_micros"] == 1_234_567 and record["cost_usd"] == "1.234567"
     assert record["error_code"] is None and "pk" not in record
+    # The experiment's columns come last: a row from before experiments (no attribute) exports them empty
+    assert EXPORT_COLUMNS[-2:] == ("variant", "locale")
+    assert record["variant"] is None and record["locale"] is None
+    labelled = export_record({**ITEM, "variant": "concise", "locale": "fr"})
+    assert (labelled["variant"], labelled["locale"]) == ("concise", "fr")
 
 
 def test_csv_has_a_header_only_when_asked_and_nulls_are_empty_cells() -> None:
