@@ -392,3 +392,26 @@ def test_report_range_is_bounded_with_clear_errors() -> None:
     with pytest.raises(InvalidDate) as bad:
         report_range("2026-02-30", None, today=today)
     assert bad.value.field == "since"
+
+
+@pytest.mark.parametrize(
+    ("request_id", "ok"),
+    [
+        ("01M815KM037Z1D9MKQ9DRS5AHG", True),
+        ("01M815KM037Z1D9MKQ9DRS5AHG-r2", True),  # a job's retry
+        ("01M815KM037Z1D9MKQ9DRS5AHG-03", True),  # a batch item
+        ("01m815km037z1d9mkq9drs5ahg", False),
+        ("01M815KM037Z1D9MKQ9DRS5AHU", False),  # U is not Crockford base32
+        ("not-a-request", False),
+    ],
+)
+def test_feedback_names_a_request_id_as_the_gateway_issues_them(request_id: str, ok: bool) -> None:
+    from aigateway.experiments import FeedbackIn
+
+    if ok:
+        assert FeedbackIn(request_id=request_id, rating=3).request_id == request_id
+    else:
+        with pytest.raises(ValidationError):
+            FeedbackIn(request_id=request_id, rating=3)
+    with pytest.raises(ValidationError):  # ratings are whole numbers 1..5
+        FeedbackIn(request_id="01M815KM037Z1D9MKQ9DRS5AHG", rating=6)

@@ -52,8 +52,9 @@ PINNED = "pinned"  # the tenant pinned the version
 RESERVED_NAMES = frozenset({REQUESTED, PINNED})
 VARIANT_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
 TEMPLATE_NAME = r"^[a-z][a-z0-9_]{1,63}$"
-# A request id as the gateway issues them: a ULID, with `-r<n>` for the nth retry of a job.
-REQUEST_ID = r"^[0-9A-HJKMNP-TV-Z]{26}(-r[0-9]{1,4})?$"
+# A request id as the gateway issues them: a ULID; `<ULID>-r<n>` for a job's nth retry, `<ULID>-<nn>`
+# for a batch's item.
+REQUEST_ID = r"^[0-9A-HJKMNP-TV-Z]{26}(-r?[0-9]{1,4})?$"
 MAX_REPORT_DAYS = 92
 DEFAULT_REPORT_DAYS = 30
 MAX_REPORT_ROWS = 200_000  # ledger rows one report may read (≈ 10 s of DynamoDB pages)
