@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aigateway import deps
@@ -192,6 +192,13 @@ def test_a_split_is_sticky_per_user_recorded_in_the_ledger_rated_and_reported(
     # And a member key reads its own tenant's report only
     assert acme.get(f"/v1/experiments/{TEMPLATE}/report?tenant=demo").status == 403
     assert acme.get(f"/v1/experiments/{TEMPLATE}/report").body["variants"] == []
+    # And the range is on when rows were written: yesterday had none (the configured arms are still listed)
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    before = client.get(f"/v1/experiments/{TEMPLATE}/report?since={yesterday}&until={yesterday}").body
+    assert [(v["variant"], v["requests"], v["feedback"]["count"]) for v in before["variants"]] == [
+        ("control", 0, 0),
+        ("concise", 0, 0),
+    ]
     too_long = client.get(f"/v1/experiments/{TEMPLATE}/report?since=2026-01-01&until=2026-11-01")
     assert too_long.status == 400 and too_long.body["error"]["code"] == "invalid_range", too_long.body
 
