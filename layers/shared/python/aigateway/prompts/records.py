@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -242,7 +242,7 @@ def _expand_text(
     variable: str,
     record: dict[str, Any],
     visible: dict[str, str | None],
-    is_excluded: Any,
+    is_excluded: Callable[[str], bool],
 ) -> str:
     def replace(match: re.Match[str]) -> str:
         path = match.group(1)
