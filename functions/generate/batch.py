@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aigateway.api import Deadline
 from aigateway.completion import CallContext, Completions
 from aigateway.errors import GatewayError, ProviderTimeout, ValidationFailed
+from aigateway.experiments import ExperimentConfigs
 from aigateway.generation import GenerateRequest, GenerateResponse, generate
 from aigateway.observability import logger
 from aigateway.prompts.registry import TemplateRegistry
@@ -59,7 +60,12 @@ class BatchResponse(BaseModel):
 
 
 def run_batch(
-    batch: BatchRequest, ctx: CallContext, *, templates: TemplateRegistry, completions: Completions
+    batch: BatchRequest,
+    ctx: CallContext,
+    *,
+    templates: TemplateRegistry,
+    completions: Completions,
+    experiments: ExperimentConfigs | None = None,
 ) -> BatchResponse:
     deadline = ctx.deadline
     if batch.deadline_ms is not None:
@@ -69,7 +75,9 @@ def run_batch(
         item_ctx = replace(ctx, request_id=f"{ctx.request_id}-{index:02d}", deadline=deadline)
         try:
             request = _parse_item(body)
-            response, _ = generate(request, item_ctx, templates=templates, completions=completions)
+            response, _ = generate(
+                request, item_ctx, templates=templates, completions=completions, experiments=experiments
+            )
         except GatewayError as exc:
             return _failed(index, exc, item_ctx.request_id)
         except Exception:  # noqa: BLE001 - a bug in one item must not lose the others' answers

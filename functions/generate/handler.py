@@ -70,7 +70,13 @@ def post_batch(
     ctx = CallContext(info.request_id, principal, FEATURE, info.deadline, client_ip=info.client_ip)
 
     def run() -> Reply:
-        response = run_batch(batch, ctx, templates=deps.templates(), completions=deps.completions())
+        response = run_batch(
+            batch,
+            ctx,
+            templates=deps.templates(),
+            completions=deps.completions(),
+            experiments=deps.experiment_configs(),
+        )
         return Reply(200, response.model_dump(mode="json"), {})
 
     return idempotent_response(app, key=idempotency_key, payload=batch, run=run, store=deps.idempotency_store)

@@ -23,7 +23,7 @@ def test_mixed_good_and_bad_items_each_get_their_own_answer(client: Client, stac
         {"template": "no_such_template", "variables": {}},
         {"template": "skill_assessment", "variables": {"skill": "SQL"}},
         {**skill("item-eight"), "temperature": 0.5},
-        skill("item-nine"),
+        {**skill("item-nine"), "version": 1},
     ]
     reply = client.post("/v1/batch", {"requests": requests})
     assert reply.status == 200, reply.body
@@ -39,6 +39,8 @@ def test_mixed_good_and_bad_items_each_get_their_own_answer(client: Client, stac
     assert items[5]["result"]["served_by"] == "static_answer"
     assert all(items[i]["result"]["served_by"] == "primary" for i in (0, 1, 2, 3, 4, 9))
     assert (reply.body["succeeded"], reply.body["failed"]) == (7, 3)
+    # Items go through prompt-version selection like /v1/generate: a named version is the "request" variant.
+    assert (items[9]["result"]["version"], items[9]["result"]["variant"]) == (1, "request")
 
     # Each item is its own request on the ledger: `<batch id>-<index>`, billed once.
     batch_id = reply.body["request_id"]
