@@ -151,7 +151,7 @@ class TemplateRegistry:
             raise TemplateError(f"{path}: there is no default file v{variant.version}.yaml for this locale")
         if variant.locale == default.locale:
             raise TemplateError(f"{path}: the default file already serves locale {variant.locale!r}")
-        for part in ("variables", "output_schema"):
+        for part in ("variables", "output_schema", "record_expansion"):  # exclusions too: privacy is not translated
             if getattr(variant, part) != getattr(default, part):
                 raise TemplateError(f"{path}: {part} must be identical to {default.ref}'s (a variant only translates)")
 
