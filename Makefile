@@ -38,11 +38,13 @@ typecheck: install
 
 ## Benchmarks: gateway-added latency, cold start, DynamoDB calls per request; then resilience
 ## (/v1/generate with 20 % provider faults, with and without fallback models: $(PY) -m bench resilience);
-## then lead scoring (1,000 leads end to end, AWS calls and cost per lead: $(PY) -m bench leads [--leads N]).
+## then lead scoring (1,000 leads end to end, AWS calls and cost per lead: $(PY) -m bench leads [--leads N]);
+## then features (OpenAI-compatible endpoint, batch vs sequential, long conversations: $(PY) -m bench features).
 bench: install
 	$(PY) -m bench
 	$(PY) -m bench resilience
 	$(PY) -m bench leads
+	$(PY) -m bench features
 
 ## A month's usage export to a local file: make export MONTH=YYYY-MM [FORMAT=jsonl] [TENANT=id|*] [OUT=path]
 ## (key from $AIG_API_KEY, server from $AIG_BASE_URL, default the `make run` one).

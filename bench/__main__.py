@@ -14,6 +14,9 @@
 6. Resilience: /v1/generate over 1,000 requests with the provider failing 20 % of calls, with
    and without fallback models (bench/resilience.py; `python -m bench resilience` runs it alone,
    `make bench` runs it after sections 1-5 in a process of its own).
+7. Features: the OpenAI-compatible endpoint vs the SDK straight to the provider, /v1/batch vs
+   sequential /v1/generate, and a long conversation's tokens sent vs the whole history
+   (bench/features.py; `python -m bench features` runs it alone, `make bench` runs it too).
 Results also go to build/bench/results.json (`summary` holds the headline figures).
 
 The bench tenants' rate limits and budget are set out of reach (bench/tenant.py): every request
@@ -136,8 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         from bench import leads
 
         return leads.main(args[1:])
+    if args[:1] == ["features"]:
+        from bench import features
+
+        return features.main(args[1:])
     if args:
-        print("usage: python -m bench [resilience | leads [--leads N] [--in-flight K] [--timeout S]]", file=sys.stderr)
+        print(
+            "usage: python -m bench [resilience | features | leads [--leads N] [--in-flight K] [--timeout S]]",
+            file=sys.stderr,
+        )
         return 2
     wall_start = time.perf_counter()
     os.environ.update(QUIET_ENV)
