@@ -81,7 +81,7 @@ def list_conversations(
     limit: Annotated[int, LIMIT] = 50,
     cursor: Annotated[str | None, CURSOR] = None,
 ) -> ConversationPage:
-    return deps.conversation_service().list(require_principal(router), limit=limit, cursor=cursor)
+    return deps.conversation_service().page(require_principal(router), limit=limit, cursor=cursor)
 
 
 @router.get(

@@ -147,7 +147,9 @@ def test_a_failed_summariser_drops_old_turns_for_that_turn_and_folds_them_later(
     cid = create(client, system="Be brief.", token_budget=1_200, max_tokens=100)
     for turn in range(3):
         assert say(client, cid, sized(300, 100 + turn)).status == 200
-    simulator.set_faults({"marked": {"<previous_summary>": ["500"] * 4}})
+    # (marked by the summariser's instructions: its summaries quote the messages, so they would
+    # carry a marker taken from the messages into later replies' prompts)
+    simulator.set_faults({"marked": {"You keep a running summary": ["500"] * 4}})
     # When the fourth message arrives
     degraded = say(client, cid, sized(300, 103))
     # Then the user still gets the reply; older turns were left out without a summary, and it says so

@@ -8,13 +8,20 @@ Pure logic: no DynamoDB, no provider.
 from __future__ import annotations
 
 import random
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
+from aigateway.api import Deadline
+from aigateway.auth import Principal
+from aigateway.completion import CallContext, CompletionResult, Usage
 from aigateway.conversations import (
     FOLD_LOW_WATER,
     SUMMARY_LABEL,
     ContextBuilder,
+    ConversationService,
     HistoryMessage,
     SummaryState,
     message_tokens,
@@ -22,7 +29,7 @@ from aigateway.conversations import (
     summary_limit,
     summary_request,
 )
-from aigateway.errors import ContextBudgetExceeded
+from aigateway.errors import ContextBudgetExceeded, ProviderError
 from aigateway.llm import tokens
 
 MODEL = "gpt-4o-mini"
@@ -284,3 +291,68 @@ def test_message_tokens_are_the_per_message_share_of_count_messages() -> None:
         tokens.count_messages(messages, MODEL)
         == sum(message_tokens(m["role"], m["content"], MODEL) for m in messages) + tokens.REPLY_PRIMING_TOKENS
     )
+
+
+# --- the summariser call (service level, with a scripted Completions) -----------------------------
+
+
+class ScriptedCompletions:
+    """Stands in for Completions: records each spec, answers with `answer` or raises `error`."""
+
+    def __init__(self, *, answer: str = "", error: Exception | None = None):
+        self.answer, self.error = answer, error
+        self.specs: list[Any] = []
+        self.contexts: list[Any] = []
+
+    def complete(self, ctx: Any, spec: Any, **_: Any) -> CompletionResult:
+        self.contexts.append(ctx)
+        self.specs.append(spec)
+        if self.error is not None:
+            raise self.error
+        return CompletionResult(
+            output=self.answer,
+            model=spec.calls[0].model,
+            provider="simulated",
+            cached=False,
+            fallback=False,
+            usage=Usage(100, 0, 20),
+            cost_micros=7,
+            cost_saved_micros=0,
+            latency_ms=1,
+        )
+
+
+def fold_once(completions: ScriptedCompletions, budget: int, history: list[HistoryMessage], previous: Any) -> Any:
+    service = ConversationService(store=cast(Any, None), completions=cast(Any, completions), templates=cast(Any, None))
+    principal = Principal(tenant_id="t", user_id="u", key_id="k", role="member")
+    ctx = CallContext("req-1", principal, "conversations", Deadline(time.monotonic() + 20))
+    b = builder(budget)
+    plan = b.plan(system="sys", pinned=[], history=history, new="next", summary=previous)
+    assert plan.fold, "the scenario must overflow"
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    return plan, service._fold(ctx, b, plan, previous, budget, now)
+
+
+def test_a_fold_asks_the_cheap_model_with_the_previous_summary_and_counts_what_it_covers() -> None:
+    previous = SummaryState("Earlier: budget approved.", covers_through=8, covered=6, updates=2)
+    completions = ScriptedCompletions(answer="  Budget approved; venue chosen.  ")
+    plan, fold = fold_once(completions, 2_000, turns(12, 100, start=9), previous)
+    # Then one call to the summariser chain, its own ledger request id, unlimited by rate (the turn is)
+    (ctx,), (spec,) = completions.contexts, completions.specs
+    assert [c.model for c in spec.calls] == ["gpt-4.1-nano", "gpt-4o-mini"] and spec.cache_ttl_s == 0
+    assert ctx.request_id == "req-1-summary" and ctx.template == "conversation_summary@1" and not ctx.rate_limited
+    assert previous.content in spec.messages[1]["content"]
+    # And the new summary covers the previous one's messages plus exactly the folded ones
+    assert fold.updated and fold.summary.content == "Budget approved; venue chosen."
+    assert fold.summary.covers_through == plan.fold[-1].seq and fold.summary.covered == 6 + len(plan.fold)
+    assert fold.summary_item["updates"] == 3 and fold.summary_item["model"] == "gpt-4.1-nano"
+
+
+def test_a_failed_fold_stays_pending_unless_its_backlog_exceeds_the_budget() -> None:
+    down = ScriptedCompletions(error=ProviderError("the provider is down"))
+    # Given a small overflow: the dropped turns stay pending for a later fold
+    _, pending = fold_once(down, 4_000, turns(8, 200), None)
+    assert pending.error == "provider_error" and not pending.updated and pending.given_up == ()
+    # Given dropped turns that alone exceed the budget: they are given up (bounded reads per turn)
+    plan, given_up = fold_once(down, 1_000, turns(30, 200), None)
+    assert given_up.error == "provider_error" and given_up.given_up == plan.fold

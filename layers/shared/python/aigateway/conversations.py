@@ -801,7 +801,7 @@ class ConversationService:
         next_cursor = encode_cursor({"after": str(last)} if more else None)
         return conversation_out(meta, summary=summary, messages=messages, next_cursor=next_cursor)
 
-    def list(self, principal: Principal, *, limit: int, cursor: str | None) -> ConversationPage:
+    def page(self, principal: Principal, *, limit: int, cursor: str | None) -> ConversationPage:
         position = decode_cursor(cursor, keys=("after",))
         after = position["after"] if position is not None else None
         if after is not None and not _LIST_POSITION.match(after):
@@ -907,19 +907,7 @@ class ConversationService:
         self, ctx: CallContext, key: ConversationKey, meta: Item, request: MessageIn, now: datetime
     ) -> tuple[TurnOut, dict[str, str]]:
         model, budget = str(meta["model"]), int(meta["token_budget"])
-        seq, folded_through = int(meta["seq"]), int(meta.get("covers_through", 0))
-        pinned_seqs, unfolded = number_set(meta.get("pinned")), number_set(meta.get("unfolded"))
-        # History is every message after the fold boundary, plus older ones the summary may not
-        # cover (unpinned since); pinned messages are read wherever they are.
-        wanted = sorted(
-            {s for s in pinned_seqs | unfolded if s <= folded_through} | set(range(folded_through + 1, seq + 1))
-        )
-        items, summary_item = self.store.items(key, wanted, summary=True)
-        stored = [_history(items[s]) for s in wanted]
-        pinned = [m for m in stored if m.seq in pinned_seqs]
-        history = [m for m in stored if m.seq not in pinned_seqs]
-        previous = _summary_state(summary_item)
-
+        pinned, history, previous = self._load(key, meta)
         new_tokens = message_tokens("user", request.content, model)
         if request.pinned:
             self._check_pin_room(int(meta["system_tokens"]) + int(meta.get("pinned_tokens", 0)) + new_tokens, budget)
@@ -929,7 +917,6 @@ class ConversationService:
         )
         fold = self._fold(ctx, builder, plan, previous, budget, now) if plan.fold else _Fold(summary=previous)
         built = builder.assemble(plan, fold.summary)
-
         result = self.completions.complete(
             replace(ctx, feature=FEATURE, template=meta.get("template")),
             CompletionSpec(
@@ -942,34 +929,9 @@ class ConversationService:
                 validate=json_output(None),
             ),
         )
-        answered_by = result.model or model
-        tokens_used = built.tokens_used if answered_by == model else tokens.count_messages(built.messages, answered_by)
-        reply = str(result.output)
-        reply_tokens = message_tokens("assistant", reply, model)
-        naive = int(meta["system_tokens"]) + int(meta.get("history_tokens", 0)) + new_tokens
-        naive += tokens.REPLY_PRIMING_TOKENS
-        # History older than the fold boundary is never covered by the stored summary (it is
-        # history because it was pinned when the summary was made), so only this turn's fold can be.
-        covered = {m.seq for m in plan.fold} if fold.updated and built.summary_applied else set()
-        sent = set(built.history_sent)
-        given_up = {m.seq for m in fold.given_up}
-        dropped = [m for m in history if m.seq not in sent and m.seq not in covered]
-        summary_cost = fold.result.cost_micros if fold.result is not None else 0
-        context = ContextOut(
-            tokens_used=tokens_used,
-            token_budget=budget,
-            tokens_saved=naive - tokens_used,
-            compression_saved_tokens=built.compression_saved,
-            summary_applied=built.summary_applied,
-            summary_updated=fold.updated,
-            summarised_messages=fold.summary.covered if built.summary_applied and fold.summary else 0,
-            summary_error=fold.error
-            or ("no_room_for_summary" if fold.summary is not None and not built.summary_applied else None),
-            messages_sent=len(built.messages),
-            history_messages_sent=len(built.history_sent),
-            dropped_messages=len(dropped),
-        )
+        context = _context_report(meta, plan, fold, built, result, history, new_tokens)
         at = self.clock().isoformat()
+        seq = int(meta["seq"])
         user_item: Item = {
             "seq": seq + 1,
             "role": "user",
@@ -979,12 +941,13 @@ class ConversationService:
             "created_at": at,
             "request_id": ctx.request_id,
         }
+        reply = str(result.output)
         reply_item: Item = {
             "seq": seq + 2,
             "role": "assistant",
             "content": reply,
             "turn": seq + 1,
-            "tokens": reply_tokens,
+            "tokens": message_tokens("assistant", reply, model),
             "created_at": at,
             "request_id": ctx.request_id,
             "model": result.model,
@@ -993,58 +956,13 @@ class ConversationService:
             "cost_micros": result.cost_micros,
             "context": context.model_dump(mode="json"),
         }
-        summary_usage = fold.result.usage if fold.result is not None else None
-        folded = {m.seq for m in plan.fold} if fold.updated else given_up
-        commit = TurnCommit(
-            turn_id=ctx.request_id,
-            old_seq=seq,
-            messages=(user_item, reply_item),
-            summary=fold.summary_item,
-            covers_through=max(folded_through, *folded) if folded else None,
-            folded=frozenset(folded),
-            pin=seq + 1 if request.pinned else None,
-            pin_tokens=new_tokens,
-            added={
-                "turns": 1,
-                "history_tokens": new_tokens + reply_tokens,
-                "input_tokens": result.usage.input_tokens + (summary_usage.input_tokens if summary_usage else 0),
-                "output_tokens": result.usage.output_tokens + (summary_usage.output_tokens if summary_usage else 0),
-                "cost_micros": result.cost_micros + summary_cost,
-                "tokens_saved": context.tokens_saved,
-                "summaries": 1 if fold.updated else 0,
-            },
-            title=_title_from(request.content),
-            at=at,
-        )
-        try:
-            self.store.commit_turn(key, commit)
-        except TransactionCancelled as exc:
-            logger().warning(
-                "conversation turn not stored",
-                extra={"conversation_id": key.conversation_id, "reasons": exc.reasons, "cost_micros": summary_cost},
-            )
-            if exc.failed(0):
-                raise self._claim_refused(exc.items[0], key.conversation_id) from None
-            raise
-        logger().info(
-            "conversation turn",
-            extra={
-                "conversation_id": key.conversation_id,
-                "tokens_used": tokens_used,
-                "tokens_saved": context.tokens_saved,
-                "summary_applied": context.summary_applied,
-                "summary_updated": context.summary_updated,
-                "summary_error": context.summary_error,
-                "history_sent": context.history_messages_sent,
-                "dropped": context.dropped_messages,
-            },
-        )
-        user_pinned = request.pinned
+        self._commit(ctx, key, meta, plan, fold, result, context, (user_item, reply_item), pin=request.pinned, at=at)
+        summary_cost = fold.result.cost_micros if fold.result is not None else 0
         out = TurnOut(
             request_id=ctx.request_id,
             conversation_id=key.conversation_id,
             message=message_out(reply_item, pinned=False),
-            user_message=message_out(user_item, pinned=user_pinned),
+            user_message=message_out(user_item, pinned=request.pinned),
             model=result.model,
             provider=result.provider,
             served_by=result.served_by,
@@ -1063,6 +981,95 @@ class ConversationService:
             context=context,
         )
         return out, result.limits.headers()
+
+    def _load(
+        self, key: ConversationKey, meta: Item
+    ) -> tuple[list[HistoryMessage], list[HistoryMessage], SummaryState | None]:
+        """The pinned messages, the history and the stored summary, in one read phase.
+
+        History is every message after the fold boundary, plus older ones the summary may not
+        cover (unpinned since it was made); pinned messages are read wherever they are.
+        """
+        seq, folded_through = int(meta["seq"]), int(meta.get("covers_through", 0))
+        pinned_seqs, unfolded = number_set(meta.get("pinned")), number_set(meta.get("unfolded"))
+        older = {s for s in pinned_seqs | unfolded if s <= folded_through}
+        wanted = sorted(older | set(range(folded_through + 1, seq + 1)))
+        items, summary_item = self.store.items(key, wanted, summary=True)
+        stored = [_history(items[s]) for s in wanted]
+        pinned = [m for m in stored if m.seq in pinned_seqs]
+        history = [m for m in stored if m.seq not in pinned_seqs]
+        return pinned, history, _summary_state(summary_item)
+
+    def _commit(
+        self,
+        ctx: CallContext,
+        key: ConversationKey,
+        meta: Item,
+        plan: ContextPlan,
+        fold: _Fold,
+        result: CompletionResult,
+        context: ContextOut,
+        messages: tuple[Item, Item],
+        *,
+        pin: bool,
+        at: str,
+    ) -> None:
+        """Stores the turn (both messages, a new summary, the totals) in one transaction."""
+        user_item, reply_item = messages
+        summary_usage = fold.result.usage if fold.result is not None else None
+        summary_cost = fold.result.cost_micros if fold.result is not None else 0
+        folded = {m.seq for m in plan.fold} if fold.updated else {m.seq for m in fold.given_up}
+        folded_through = int(meta.get("covers_through", 0))
+        commit = TurnCommit(
+            turn_id=ctx.request_id,
+            old_seq=int(meta["seq"]),
+            messages=messages,
+            summary=fold.summary_item,
+            covers_through=max(folded_through, *folded) if folded else None,
+            folded=frozenset(folded),
+            pin=int(user_item["seq"]) if pin else None,
+            pin_tokens=int(user_item["tokens"]),
+            added={
+                "turns": 1,
+                "history_tokens": int(user_item["tokens"]) + int(reply_item["tokens"]),
+                "input_tokens": result.usage.input_tokens + (summary_usage.input_tokens if summary_usage else 0),
+                "output_tokens": result.usage.output_tokens + (summary_usage.output_tokens if summary_usage else 0),
+                "cost_micros": result.cost_micros + summary_cost,
+                "tokens_saved": context.tokens_saved,
+                "summaries": 1 if fold.updated else 0,
+            },
+            title=_title_from(str(user_item["content"])),
+            at=at,
+        )
+        try:
+            self.store.commit_turn(key, commit)
+        except TransactionCancelled as exc:
+            # The claim lapsed and another turn took it, or the conversation was deleted meanwhile:
+            # the calls were made (and billed, see the ledger); nothing of the turn is stored.
+            logger().warning(
+                "conversation turn not stored",
+                extra={
+                    "conversation_id": key.conversation_id,
+                    "reasons": exc.reasons,
+                    "cost_micros": result.cost_micros + summary_cost,
+                },
+            )
+            if exc.failed(0):
+                raise self._claim_refused(exc.items[0], key.conversation_id) from None
+            raise
+        logger().info(
+            "conversation turn",
+            extra={
+                "conversation_id": key.conversation_id,
+                "tokens_used": context.tokens_used,
+                "tokens_saved": context.tokens_saved,
+                "summary_applied": context.summary_applied,
+                "summary_updated": context.summary_updated,
+                "summary_error": context.summary_error,
+                "history_sent": context.history_messages_sent,
+                "dropped": context.dropped_messages,
+            },
+        )
 
     def _fold(
         self,
@@ -1129,6 +1136,45 @@ class ConversationService:
             "updates": summary.updates,
         }
         return _Fold(summary=summary, updated=True, result=result, summary_item=item)
+
+
+def _context_report(
+    meta: Item,
+    plan: ContextPlan,
+    fold: _Fold,
+    built: BuiltContext,
+    result: CompletionResult,
+    history: Sequence[HistoryMessage],
+    new_tokens: int,
+) -> ContextOut:
+    """What the turn sent and saved, for the response and the stored reply."""
+    model = str(meta["model"])
+    answered_by = result.model or model
+    tokens_used = built.tokens_used if answered_by == model else tokens.count_messages(built.messages, answered_by)
+    # Against sending the system prompt, every stored message and the new one verbatim.
+    verbatim = int(meta["system_tokens"]) + int(meta.get("history_tokens", 0)) + new_tokens
+    verbatim += tokens.REPLY_PRIMING_TOKENS
+    # History older than the fold boundary is never covered by the stored summary (it is history
+    # because it was pinned when the summary was made), so only this turn's fold can be.
+    covered = {m.seq for m in plan.fold} if fold.updated and built.summary_applied else set()
+    sent = set(built.history_sent)
+    dropped = [m for m in history if m.seq not in sent and m.seq not in covered]
+    error = fold.error
+    if error is None and fold.summary is not None and not built.summary_applied:
+        error = "no_room_for_summary"
+    return ContextOut(
+        tokens_used=tokens_used,
+        token_budget=int(meta["token_budget"]),
+        tokens_saved=verbatim - tokens_used,
+        compression_saved_tokens=built.compression_saved,
+        summary_applied=built.summary_applied,
+        summary_updated=fold.updated,
+        summarised_messages=fold.summary.covered if built.summary_applied and fold.summary else 0,
+        summary_error=error,
+        messages_sent=len(built.messages),
+        history_messages_sent=len(built.history_sent),
+        dropped_messages=len(dropped),
+    )
 
 
 def _reply_calls(profile_name: str, max_tokens: int) -> tuple[ModelCall, ...]:
