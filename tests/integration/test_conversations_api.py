@@ -268,6 +268,26 @@ def test_delete_removes_every_item_and_keeps_the_ledger(client: Client, stack: L
     assert len(ledger_rows()) == rows
 
 
+def test_a_delete_during_a_turn_wins_and_the_turn_stores_nothing(
+    client: Client, stack: LocalStack, simulator: SimulatedProvider
+) -> None:
+    # Given a turn in flight (slow provider)
+    cid = create(client)
+    assert say(client, cid, "first message").status == 200
+    simulator.set_faults({"latency_ms": 600})
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        turn = pool.submit(say, client, cid, "second message")
+        time.sleep(0.3)
+        # When the conversation is deleted meanwhile
+        deleted = client.request("DELETE", f"{CONVERSATIONS}/{cid}")
+        answered = turn.result()
+    # Then the delete succeeds, the turn finds the conversation gone, and no item is left behind
+    print(f"turn during delete: {answered.status} {answered.body['error']['code']}; items left {len(state_items(cid))}")
+    assert deleted.status == 204
+    assert (answered.status, answered.body["error"]["code"]) == (404, "conversation_not_found")
+    assert state_items(cid) == []
+
+
 def test_bad_input_is_refused_with_a_code_and_nothing_is_stored(
     client: Client, stack: LocalStack, simulator: SimulatedProvider
 ) -> None:
