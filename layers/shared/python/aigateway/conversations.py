@@ -70,7 +70,7 @@ SUMMARY_MODELS = ("gpt-4.1-nano", "gpt-4o-mini")
 DEFAULT_SYSTEM = "You are a helpful assistant. Answer accurately and concisely."
 DEFAULT_TOKEN_BUDGET = 16_000  # or the model's window minus max_tokens, whichever is smaller
 MIN_TOKEN_BUDGET = 256
-MAX_CONTENT_CHARS = 100_000  # one message; with UTF-8 and JSON escaping still under the 256 KiB body
+MAX_CONTENT_CHARS = 100_000  # one message (the 256 KiB body limit applies too; non-ASCII text meets it first)
 MAX_SYSTEM_CHARS = 20_000
 SUMMARY_MAX_TOKENS = 1_024  # most tokens a summary message takes, label included
 SUMMARY_ROOM_DIVISOR = 4  # the summary gets at most a quarter of what the must-send part leaves
@@ -920,7 +920,7 @@ class ConversationService:
         result = self.completions.complete(
             replace(ctx, feature=FEATURE, template=meta.get("template")),
             CompletionSpec(
-                calls=_reply_calls(str(meta["model_profile"]), int(meta["max_tokens"])),
+                calls=_reply_calls(meta),
                 messages=built.messages,
                 response_format=None,
                 # Not cached: a turn's context is never sent twice (a retry replays through its
@@ -1177,11 +1177,15 @@ def _context_report(
     )
 
 
-def _reply_calls(profile_name: str, max_tokens: int) -> tuple[ModelCall, ...]:
-    """The reply's chain: the profile's model, then its fallbacks."""
-    profile = get_profile(profile_name)
+def _reply_calls(meta: Item) -> tuple[ModelCall, ...]:
+    """The reply's chain: the conversation's model, then its profile's fallbacks.
+
+    The model is the one stored at creation (budget and token counts were set for it), so a later
+    change of the profile's default model does not move an existing conversation.
+    """
+    profile, max_tokens = get_profile(str(meta["model_profile"])), int(meta["max_tokens"])
     calls: list[ModelCall] = []
-    for provider, name in [("", profile.model), *(parse_hop(h) for h in profile.fallbacks)]:
+    for provider, name in [("", str(meta["model"])), *(parse_hop(h) for h in profile.fallbacks)]:
         call = ModelCall(name, completion_params(get_model(name), profile, max_tokens), provider)
         if call not in calls:
             calls.append(call)
