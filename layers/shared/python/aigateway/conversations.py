@@ -926,6 +926,7 @@ class ConversationService:
                 # Not cached: a turn's context is never sent twice (a retry replays through its
                 # Idempotency-Key), and a deleted conversation must leave no copy behind.
                 cache_ttl_s=0,
+                read_cache=False,  # nothing is ever written for it: skip the read
                 validate=json_output(None),
             ),
         )
@@ -1104,6 +1105,7 @@ class ConversationService:
                     messages=summary_request(previous, plan.fold, max_tokens),
                     response_format=None,
                     cache_ttl_s=0,  # see the reply's call
+                    read_cache=False,
                     validate=json_output(None),
                 ),
             )
