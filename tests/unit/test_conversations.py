@@ -2,7 +2,7 @@
 hard limit, pinned messages, summary reuse and incremental folds, compression that changes no
 meaning, and token counts that are exactly tokens.count_messages of what is sent.
 
-Pure logic: no DynamoDB, no provider.
+No DynamoDB, no provider: the summariser-call tests give the service a scripted Completions.
 """
 
 from __future__ import annotations
