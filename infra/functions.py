@@ -37,6 +37,9 @@ JOBS_BATCH_SIZE = 10
 _READ = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query")
 _WRITE = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem")
 _DELETE = ("dynamodb:DeleteItem",)
+# BatchWriteItem is its own IAM action (unlike TransactWriteItems) and can delete as well as put:
+# only State writers get it (Dynamo.batch_put writes job rows there); ledger writers never do.
+_BATCH_WRITE = ("dynamodb:BatchWriteItem",)
 _DESCRIBE = ("dynamodb:DescribeTable",)
 # What Powertools' DynamoDBPersistenceLayer calls: get (consistent), conditional put, update, delete.
 _IDEMPOTENCY = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
@@ -198,7 +201,7 @@ class Functions(Construct):
             "ledger:describe": lambda fn: d.ledger_table.grant(fn, *_DESCRIBE),
             "ledger:read": lambda fn: self._table(fn, d.ledger_table, _READ, write=False),
             "state:read": lambda fn: self._table(fn, d.state_table, _READ, write=False),
-            "state:readwrite": lambda fn: self._table(fn, d.state_table, _READ + _WRITE + _DELETE),
+            "state:readwrite": lambda fn: self._table(fn, d.state_table, _READ + _WRITE + _DELETE + _BATCH_WRITE),
             "secret:read": lambda fn: d.openai_secret.grant_read(fn),
             # Publishing to the KMS-encrypted topic needs the data key; granted without wildcards.
             "alerts:publish": lambda fn: self._allow(fn, ["sns:Publish"], [d.alerts_topic.topic_arn]),

@@ -36,7 +36,8 @@ TAG_TABLE_ACTIONS: dict[str, tuple[str, set[str]]] = {
     "ledger:describe": ("ledger", {"dynamodb:DescribeTable"}),
     "ledger:read": ("ledger", {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}),
     "state:read": ("state", {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}),
-    "state:readwrite": ("state", READ_ACTIONS - {"dynamodb:Scan"} | WRITE_ACTIONS - {"dynamodb:BatchWriteItem"}),
+    # BatchWriteItem is authorised by its own action (moto checks no IAM): job rows are batch-written.
+    "state:readwrite": ("state", READ_ACTIONS - {"dynamodb:Scan"} | WRITE_ACTIONS),
     # Exactly what Powertools' DynamoDBPersistenceLayer calls.
     "idempotency:readwrite": (
         "idempotency",
