@@ -29,7 +29,7 @@ from aigateway.conversations import (
     summary_limit,
     summary_request,
 )
-from aigateway.errors import ContextBudgetExceeded, ProviderError
+from aigateway.errors import ContextBudgetExceeded, ProviderError, RateLimited
 from aigateway.llm import tokens
 
 MODEL = "gpt-4o-mini"
@@ -337,15 +337,22 @@ def test_a_fold_asks_the_cheap_model_with_the_previous_summary_and_counts_what_i
     previous = SummaryState("Earlier: budget approved.", covers_through=8, covered=6, updates=2)
     completions = ScriptedCompletions(answer="  Budget approved; venue chosen.  ")
     plan, fold = fold_once(completions, 2_000, turns(12, 100, start=9), previous)
-    # Then one call to the summariser chain, its own ledger request id, unlimited by rate (the turn is)
+    # Then one call to the summariser chain, its own ledger request id; it takes the turn's rate-limit token
     (ctx,), (spec,) = completions.contexts, completions.specs
     assert [c.model for c in spec.calls] == ["gpt-4.1-nano", "gpt-4o-mini"] and spec.cache_ttl_s == 0
-    assert ctx.request_id == "req-1-summary" and ctx.template == "conversation_summary@1" and not ctx.rate_limited
+    assert ctx.request_id == "req-1-summary" and ctx.template == "conversation_summary@1" and ctx.rate_limited
     assert previous.content in spec.messages[1]["content"]
     # And the new summary covers the previous one's messages plus exactly the folded ones
     assert fold.updated and fold.summary.content == "Budget approved; venue chosen."
     assert fold.summary.covers_through == plan.fold[-1].seq and fold.summary.covered == 6 + len(plan.fold)
     assert fold.summary_item["updates"] == 3 and fold.summary_item["model"] == "gpt-4.1-nano"
+
+
+def test_a_caller_over_its_rate_limit_is_refused_at_the_fold_before_anything_is_paid() -> None:
+    limited = ScriptedCompletions(error=RateLimited("slow down", limit="key:*", headers={"Retry-After": "3"}))
+    with pytest.raises(RateLimited):
+        fold_once(limited, 1_000, turns(30, 200), None)
+    assert len(limited.contexts) == 1  # the summariser's attempt only; the turn goes no further
 
 
 def test_a_failed_fold_stays_pending_unless_its_backlog_exceeds_the_budget() -> None:

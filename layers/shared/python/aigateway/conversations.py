@@ -49,6 +49,7 @@ from aigateway.errors import (
     GatewayError,
     InvalidCursor,
     MessageNotFound,
+    RateLimited,
     ValidationFailed,
 )
 from aigateway.generation import UsageOut
@@ -917,8 +918,12 @@ class ConversationService:
         )
         fold = self._fold(ctx, builder, plan, previous, budget, now) if plan.fold else _Fold(summary=previous)
         built = builder.assemble(plan, fold.summary)
+        # A summariser call, if one was made, already took the turn's rate-limit token.
+        reply_ctx = replace(
+            ctx, feature=FEATURE, template=meta.get("template"), rate_limited=ctx.rate_limited and not plan.fold
+        )
         result = self.completions.complete(
-            replace(ctx, feature=FEATURE, template=meta.get("template")),
+            reply_ctx,
             CompletionSpec(
                 calls=_reply_calls(meta),
                 messages=built.messages,
@@ -981,7 +986,8 @@ class ConversationService:
             summary_cost_micros=summary_cost,
             context=context,
         )
-        return out, result.limits.headers()
+        limits = fold.result.limits if fold.result is not None and plan.fold else result.limits
+        return out, limits.headers()
 
     def _load(
         self, key: ConversationKey, meta: Item
@@ -1092,8 +1098,8 @@ class ConversationService:
             feature=FEATURE,
             template=SUMMARY_TEMPLATE,
             deadline=deadline,
-            # The turn is rate-limited once, by its reply call; the summary is part of that turn.
-            rate_limited=False,
+            # The turn is rate-limited once, by its first call: when a fold is due that is this one,
+            # so a caller over its limit is refused before the summariser is paid for.
         )
         profile = get_profile("analytical")
         calls = tuple(ModelCall(m, completion_params(get_model(m), profile, max_tokens)) for m in SUMMARY_MODELS)
@@ -1112,6 +1118,8 @@ class ConversationService:
             text = str(result.output).strip()
             if not text:
                 raise ValidationFailed("the summariser returned an empty summary")
+        except RateLimited:
+            raise  # the turn is refused as a whole: nothing was called, nothing is stored
         except GatewayError as exc:
             logger().warning(
                 "conversation summary failed", extra={"error_code": exc.code, "fold_messages": len(plan.fold)}
