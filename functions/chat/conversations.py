@@ -18,10 +18,9 @@ from aigateway.api import (
     idempotency_key_header,
     idempotent_response,
     ok_response,
-    request_info,
     require_principal,
 )
-from aigateway.completion import CallContext
+from aigateway.completion import request_context
 from aigateway.conversations import (
     FEATURE,
     ConversationIn,
@@ -119,15 +118,15 @@ def post_message(
     request: Annotated[MessageIn, Body()],
     idempotency_key: Annotated[str | None, idempotency_key_header()] = None,
 ) -> Response[Any]:
-    info = request_info(router)
-    principal = require_principal(router)
-    ctx = CallContext(info.request_id, principal, FEATURE, info.deadline, client_ip=info.client_ip)
+    ctx = request_context(router, FEATURE)
 
     def run() -> Reply:
         out, headers = deps.conversation_service().post_message(ctx, conversation_id, request)
         return Reply(200, out.model_dump(mode="json"), headers)
 
-    payload = _Scoped(user_id=principal.user_id, conversation_id=conversation_id, body=request.model_dump(mode="json"))
+    payload = _Scoped(
+        user_id=ctx.principal.user_id, conversation_id=conversation_id, body=request.model_dump(mode="json")
+    )
     return idempotent_response(router, key=idempotency_key, payload=payload, run=run, store=deps.idempotency_store)
 
 

@@ -19,10 +19,8 @@ from aigateway.api import (
     idempotency_key_header,
     idempotent_response,
     json_response,
-    request_info,
-    require_principal,
 )
-from aigateway.completion import CallContext
+from aigateway.completion import request_context
 from aigateway.idempotency import Reply
 from chat import conversations, openai_api
 
@@ -52,9 +50,7 @@ def post_chat_completions(
 ) -> Response[Any]:
     # Parsed here rather than by the resolver: OpenAI clients expect a 400 naming the parameter.
     request = openai_api.parse_request(app.current_event.body)
-    info = request_info(app)
-    principal = require_principal(app)
-    ctx = CallContext(info.request_id, principal, openai_api.FEATURE, info.deadline, client_ip=info.client_ip)
+    ctx = request_context(app, openai_api.FEATURE)
     fresh = "no-cache" in (cache_control or "").lower()
 
     def run() -> Reply:

@@ -17,10 +17,8 @@ from aigateway.api import (
     idempotency_key_header,
     idempotent_response,
     ok_response,
-    request_info,
-    require_principal,
 )
-from aigateway.completion import CallContext
+from aigateway.completion import request_context
 from aigateway.generation import FEATURE, GenerateRequest, GenerateResponse, generate
 from aigateway.idempotency import Reply
 from generate.batch import BatchRequest, BatchResponse, run_batch
@@ -38,9 +36,7 @@ def post_generate(
     request: Annotated[GenerateRequest, Body()],
     idempotency_key: Annotated[str | None, idempotency_key_header()] = None,
 ) -> Response[Any]:
-    info = request_info(app)
-    principal = require_principal(app)
-    ctx = CallContext(info.request_id, principal, FEATURE, info.deadline, client_ip=info.client_ip)
+    ctx = request_context(app, FEATURE)
 
     def run() -> Reply:
         response, headers = generate(
@@ -65,9 +61,7 @@ def post_batch(
     batch: Annotated[BatchRequest, Body()],
     idempotency_key: Annotated[str | None, idempotency_key_header()] = None,
 ) -> Response[Any]:
-    info = request_info(app)
-    principal = require_principal(app)
-    ctx = CallContext(info.request_id, principal, FEATURE, info.deadline, client_ip=info.client_ip)
+    ctx = request_context(app, FEATURE)
 
     def run() -> Reply:
         response = run_batch(

@@ -118,6 +118,15 @@ OpenAI-compatible (any OpenAI SDK: base_url={url}/v1, api_key=the key above):
   curl -s {url}/v1/batch -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
        -d '{{"requests":[{body},{{"template":"nope"}}]}}'
   # 200 with one status per item: the good one answered, the bad one 404 unknown_template
+  curl -s {url}/v1/conversations -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
+       -d '{{"system":"You are a concise SQL tutor.","token_budget":8000}}'
+  # then: curl -s {url}/v1/conversations/<conversation_id>/messages -H 'Authorization: Bearer {key}' \\
+  #         -H 'content-type: application/json' -d '{{"content":"What is an index?"}}'
+  curl -s -X PUT {url}/v1/admin/tenants/demo/experiments/skill_assessment -H 'Authorization: Bearer {key}' \\
+       -H 'content-type: application/json' \\
+       -d '{{"variants":[{{"name":"control","version":1,"weight":50}},{{"name":"concise","version":2,"weight":50}}]}}'
+  # generate calls now split sticky per user; rate one: POST /v1/feedback {{"request_id":…,"rating":4}}
+  curl -s {url}/v1/experiments/skill_assessment/report -H 'Authorization: Bearer {key}'
 
 Lead scoring (asynchronous: SQS → Step Functions → LLM scorer, fallback model, rules scorer):
   curl -s -X PUT {url}/v1/leads/acme-1 -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from aigateway.api import DEADLINE_RESERVE_S, Deadline
+from aigateway.api import DEADLINE_RESERVE_S, Deadline, request_info, require_principal
 from aigateway.auth import Principal
 from aigateway.cache import CachedAnswer, ResponseCache, request_digest
 from aigateway.errors import (
@@ -57,6 +57,7 @@ from aigateway.resilience.policy import policy_for
 from aigateway.store.dynamo import Dynamo, Item
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
     from openai import OpenAI
 
 Clock = Callable[[], datetime]
@@ -105,6 +106,12 @@ class CallContext:
     # the template text served; both go into every ledger row of the request.
     variant: str | None = None
     locale: str | None = None
+
+
+def request_context(app: BaseRouter, feature: str) -> CallContext:
+    """The call context of the HTTP request `app` is serving, for `feature`'s rate limits and ledger rows."""
+    info = request_info(app)
+    return CallContext(info.request_id, require_principal(app), feature, info.deadline, client_ip=info.client_ip)
 
 
 @dataclass(frozen=True)
