@@ -975,12 +975,7 @@ class ConversationService:
             fallback=result.fallback,
             degraded_reason=result.degraded_reason,
             attempts=result.attempts,
-            usage=UsageOut(
-                input_tokens=result.usage.input_tokens,
-                cached_input_tokens=result.usage.cached_tokens,
-                output_tokens=result.usage.output_tokens,
-                total_tokens=result.usage.total_tokens,
-            ),
+            usage=UsageOut.of(result.usage),
             cost_micros=result.cost_micros + summary_cost,
             cost_usd=float(micros_to_usd(result.cost_micros + summary_cost)),
             summary_cost_micros=summary_cost,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aigateway.completion import CallContext, Completions, CompletionSpec, ModelCall, Stage, json_output
+from aigateway.completion import CallContext, Completions, CompletionSpec, ModelCall, Stage, Usage, json_output
 from aigateway.experiments import ExperimentConfigs, choose_template
 from aigateway.governance.pricing import micros_to_usd
 from aigateway.llm.catalog import Profile, completion_params, get_model, get_profile, parse_hop
@@ -52,6 +52,15 @@ class UsageOut(BaseModel):
     cached_input_tokens: int
     output_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsageOut:
+        return cls(
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_tokens,
+            output_tokens=usage.output_tokens,
+            total_tokens=usage.total_tokens,
+        )
 
 
 class GenerateResponse(BaseModel):
@@ -174,12 +183,7 @@ def generate(
         served_by=result.served_by,
         degraded_reason=result.degraded_reason,
         attempts=result.attempts,
-        usage=UsageOut(
-            input_tokens=result.usage.input_tokens,
-            cached_input_tokens=result.usage.cached_tokens,
-            output_tokens=result.usage.output_tokens,
-            total_tokens=result.usage.total_tokens,
-        ),
+        usage=UsageOut.of(result.usage),
         cost_usd=float(micros_to_usd(result.cost_micros)),
         cost_micros=result.cost_micros,
         cost_saved_micros=result.cost_saved_micros,

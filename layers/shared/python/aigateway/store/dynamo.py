@@ -207,6 +207,15 @@ class Dynamo:
             _raise_condition_failed(exc)
             raise
 
+    def put_version(self, table: str, item: Item) -> None:
+        """Optimistic concurrency for versioned settings: `item["version"]` is written only over the
+        version before it (version 1 only where nothing is); ConditionFailed if another change won."""
+        version = int(item["version"])
+        if version == 1:
+            self.put(table, item, condition="attribute_not_exists(pk)")
+        else:
+            self.put(table, item, condition="version = :prev", values={":prev": version - 1})
+
     def update(
         self,
         table: str,

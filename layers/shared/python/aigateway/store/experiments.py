@@ -53,10 +53,7 @@ class ExperimentsRepo:
             "updated_at": at,
             "updated_by": updated_by,
         }
-        if version == 1:
-            self.db.put(self.table, item, condition="attribute_not_exists(pk)")
-        else:
-            self.db.put(self.table, item, condition="version = :prev", values={":prev": version - 1})
+        self.db.put_version(self.table, item)
 
 
 @dataclass(frozen=True)
