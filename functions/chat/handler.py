@@ -81,4 +81,8 @@ def get_model(model: Annotated[str, Path(max_length=128)]) -> Response[Any]:
     return json_response(200, openai_api.model_object(openai_api.resolve_model(model)))
 
 
-lambda_handler = entrypoint(app)
+# An OpenAI client may send a whole 128k-token context (~0.5 MB of JSON, more for non-Latin text);
+# the default 256 KiB would refuse it. API Gateway and Lambda allow 6 MB.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+lambda_handler = entrypoint(app, max_body_bytes=MAX_BODY_BYTES)

@@ -219,3 +219,12 @@ def test_a_second_tenant_never_sees_the_first_tenants_cached_answer(
     theirs = openai.OpenAI(base_url=base_url, api_key=other.api_key, max_retries=0)
     raw = theirs.chat.completions.with_raw_response.create(model=MODEL, messages=messages)  # type: ignore[arg-type]
     assert raw.headers["x-aigateway-cached"] == "false"
+
+
+def test_a_context_larger_than_the_default_body_limit_is_accepted(sdk: openai.OpenAI) -> None:
+    # ~100k tokens of history (≈ 0.45 MB of JSON): more than the gateway's default 256 KiB body limit.
+    filler = " ".join(f"note{i} lorem ipsum dolor" for i in range(22_000))
+    messages = [{"role": "user", "content": filler}, {"role": "user", "content": "Summarise the notes."}]
+    raw = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=50)  # type: ignore[arg-type]
+    usage = raw.parse().usage
+    assert usage is not None and usage.prompt_tokens == tokens.count_messages(messages, MODEL) > 65_000
