@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from pydantic import BaseModel
@@ -60,6 +61,15 @@ def test_plain_completion_reports_usage_that_matches_the_tokenizer_and_is_on_the
     rows = [r for r in ledger_rows(demo.tenant_id) if r["request_id"] == request_id]
     assert [(r["feature"], r["outcome"], r["input_tokens"]) for r in rows] == [("chat", "success", usage.prompt_tokens)]
     assert int(raw.headers["x-aigateway-cost-micros"]) == rows[0]["cost_micros"] > 0
+    # The completion's id is enough to rate it (feedback finds the request on the ledger).
+    rated = httpx.post(
+        f"{sdk.base_url}feedback",
+        headers={"authorization": f"Bearer {sdk.api_key}"},
+        json={"request_id": completion.id, "rating": 5},
+        timeout=30,
+    )
+    assert rated.status_code == 201 and rated.json()["request_id"] == request_id, rated.text
+    assert rated.json()["model"] == MODEL
 
 
 def test_identical_request_is_a_cache_hit_unless_the_client_asks_for_a_fresh_answer(sdk: openai.OpenAI) -> None:
@@ -118,8 +128,6 @@ def test_streamed_completion_is_valid_sse_with_usage_and_the_same_text(sdk: open
     assert plain.choices[0].message.content == text and len(chunks) > 3
 
     # The wire format itself: content type, data lines, and the [DONE] terminator.
-    import httpx
-
     response = httpx.post(
         f"{base_url}/chat/completions",
         headers={"authorization": f"Bearer {sdk.api_key}"},

@@ -316,7 +316,11 @@ def choose_template(
 class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(pattern=REQUEST_ID, description="The request_id a generate response (or job) returned")
+    request_id: str = Field(
+        pattern=REQUEST_ID,
+        description="The request_id a generate response (or job) returned; a chat completion's id "
+        "(chatcmpl-<request id>) is accepted too",
+    )
     rating: StrictInt = Field(ge=1, le=5, description="1 (bad) to 5 (excellent)")
     comment: str | None = Field(default=None, max_length=2000, description="Stored with the rating; never logged")
     label: str | None = Field(
@@ -330,6 +334,12 @@ class FeedbackIn(BaseModel):
         description="The end user giving the rating (as in the generate request); default: the key's user. "
         "One rating per request and user: a repeat replaces it",
     )
+
+    @field_validator("request_id", mode="before")
+    @classmethod
+    def _completion_id(cls, value: object) -> object:
+        # OpenAI clients hold the completion's id, which is the request id with OpenAI's prefix.
+        return value.removeprefix("chatcmpl-") if isinstance(value, str) else value
 
 
 class FeedbackOut(BaseModel):
