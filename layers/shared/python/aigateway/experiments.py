@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from aigateway.auth import Principal
 from aigateway.errors import (
-    InvalidRange,
     ReportTooLarge,
     UnknownRequest,
     UnknownTemplate,
@@ -39,7 +38,7 @@ from aigateway.errors import (
     VersionConflict,
 )
 from aigateway.governance.config import CONFIG_TTL_S, TenantCache
-from aigateway.governance.usage import months_between, parse_day, usd
+from aigateway.governance.usage import date_range, months_between, usd
 from aigateway.ids import id_time_ms
 from aigateway.observability import logger
 from aigateway.prompts.registry import PromptTemplate, TemplateRegistry
@@ -577,16 +576,14 @@ def compare(reports: list[VariantReport]) -> list[VariantReport]:
 
 def report_range(since: str | None, until: str | None, *, today: date) -> tuple[date, date]:
     """[since, until] inclusive (UTC days); defaults: until today, since 29 days before it."""
-    end = parse_day(until, field="until") if until is not None else today
-    start = parse_day(since, field="since") if since is not None else end - timedelta(days=DEFAULT_REPORT_DAYS - 1)
-    if start > end:
-        raise InvalidRange(f"'since' ({start}) is after 'until' ({end})", field="since")
-    if (end - start).days + 1 > MAX_REPORT_DAYS:
-        raise InvalidRange(
-            f"the range {start}..{end} spans {(end - start).days + 1} days; at most {MAX_REPORT_DAYS} are allowed",
-            field="until",
-        )
-    return start, end
+    return date_range(
+        since,
+        until,
+        today=today,
+        names=("since", "until"),
+        max_days=MAX_REPORT_DAYS,
+        default_days=DEFAULT_REPORT_DAYS,
+    )
 
 
 # --- the service ----------------------------------------------------------------------------------

@@ -144,16 +144,29 @@ def parse_format(value: str) -> str:
     return value
 
 
-def date_range(first: str | None, last: str | None, *, today: date) -> tuple[date, date]:
-    """[first, last] inclusive; defaults: `last` today, `first` the first day of `last`'s month."""
-    end = parse_day(last, field="to") if last is not None else today
-    start = parse_day(first, field="from") if first is not None else end.replace(day=1)
+def date_range(
+    first: str | None,
+    last: str | None,
+    *,
+    today: date,
+    names: tuple[str, str] = ("from", "to"),
+    max_days: int = MAX_RANGE_DAYS,
+    default_days: int | None = None,
+) -> tuple[date, date]:
+    """[first, last] inclusive UTC days, named `names` in errors; defaults: `last` today, `first`
+    `default_days` before it counting both ends (None: the first day of `last`'s month)."""
+    first_name, last_name = names
+    end = parse_day(last, field=last_name) if last is not None else today
+    if first is not None:
+        start = parse_day(first, field=first_name)
+    else:
+        start = end - timedelta(days=default_days - 1) if default_days is not None else end.replace(day=1)
     if start > end:
-        raise InvalidRange(f"'from' ({start}) is after 'to' ({end})", field="from")
-    if (end - start).days + 1 > MAX_RANGE_DAYS:
+        raise InvalidRange(f"'{first_name}' ({start}) is after '{last_name}' ({end})", field=first_name)
+    if (end - start).days + 1 > max_days:
         raise InvalidRange(
-            f"the range {start}..{end} spans {(end - start).days + 1} days; at most {MAX_RANGE_DAYS} are allowed",
-            field="to",
+            f"the range {start}..{end} spans {(end - start).days + 1} days; at most {max_days} are allowed",
+            field=last_name,
         )
     return start, end
 
