@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -302,7 +301,7 @@ def complete(
         read_cache=not fresh,
     )
     try:
-        result = completions.complete(replace(ctx, template=None), spec)
+        result = completions.complete(ctx, spec)
     except BudgetExhausted as exc:
         # OpenAI clients know this one: stop, do not retry (the budget, period and headroom stay in the body).
         raise _quota(exc) from exc
