@@ -69,6 +69,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.stats import interleave, percentile
 from bench.streams import fds_to
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,14 +99,10 @@ def _progress(message: str, stream: Any = None) -> None:
 
 
 def p95(values: list[float]) -> float:
-    from bench.stats import percentile
-
     return percentile(values, 95)
 
 
 def _dist(values: list[float]) -> dict[str, Any]:
-    from bench.stats import percentile
-
     if not values:
         return {"n": 0}
     return {
@@ -147,18 +144,6 @@ def _recording_provider() -> Any:
             return [json.loads(b) for b in taken]
 
     return Recorder()
-
-
-def _interleave(ops: list[tuple[str, Callable[[int], float]]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """One call of each op per round, the order rotated every round; warm-up rounds not kept."""
-    samples: dict[str, list[float]] = {name: [] for name, _ in ops}
-    for r in range(warmup + rounds):
-        shift = r % len(ops)
-        for name, op in ops[shift:] + ops[:shift]:
-            elapsed = op(r)
-            if r >= warmup:
-                samples[name].append(elapsed)
-    return samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +234,7 @@ class ChatBench:
             ("direct_stream_hit", lambda i: self.call(direct, stream_hit, stream=True, cached=None)),
             ("gateway_stream_hit", lambda i: self.call(gw, stream_hit, stream=True, cached=True)),
         ]
-        samples = _interleave(ops, rounds, warmup)
+        samples = interleave(ops, rounds, warmup)
         rows = []
         for kind, label in CHAT_KINDS:
             g, d = samples[f"gateway_{kind}"], samples[f"direct_{kind}"]
@@ -347,7 +332,7 @@ class BatchBench:
         started = time.perf_counter()
         self.batch(9_999, "wb")  # warm-up: every import and pool of both paths, not counted
         self.sequential(9_999, "ws")
-        samples = _interleave([("batch", self.batch), ("sequential", self.sequential)], rounds, 0)
+        samples = interleave([("batch", self.batch), ("sequential", self.sequential)], rounds, 0)
         b, s = samples["batch"], samples["sequential"]
         one = self._ddb_calls("/v1/batch", {"requests": [self.item("db", 0, i) for i in range(BATCH_ITEMS)]})
         each = [self._ddb_calls("/v1/generate", self.item("ds", 0, i)) for i in range(BATCH_ITEMS)]

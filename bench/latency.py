@@ -25,7 +25,7 @@ import httpx
 import openai
 
 from aigateway.llm.simulated import FaultPlan, SimResponse, SimulatedProvider
-from bench.stats import Summary, median, summarize
+from bench.stats import Summary, interleave, median, summarize
 from infra.local.apigateway import LocalApiGateway
 from infra.local.server import LocalHttpServer
 
@@ -258,13 +258,7 @@ class LatencyBench:
             ("nodelay_miss", lambda i: self._gateway_http(generate_body(marker("nd", i)), False, nodelay=True)),
             ("nodelay_hit", lambda i: self._gateway_http(self.hit_body, cached=True, nodelay=True)),
         ]
-        samples: dict[str, list[float]] = {name: [] for name, _ in ops}
-        for r in range(warmup + rounds):
-            shift = r % len(ops)
-            for name, op in ops[shift:] + ops[:shift]:
-                elapsed = op(r)
-                if r >= warmup:
-                    samples[name].append(elapsed)
+        samples = interleave(ops, rounds, warmup)
         summaries, comparisons = compare(samples)
         return LatencyResult(
             rounds=rounds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,3 +48,15 @@ def summarize(samples_ms: Sequence[float]) -> Summary:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
+
+
+def interleave(ops: list[tuple[str, Callable[[int], float]]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """One call of each op per round, the order rotated every round; warm-up rounds not kept."""
+    samples: dict[str, list[float]] = {name: [] for name, _ in ops}
+    for r in range(warmup + rounds):
+        shift = r % len(ops)
+        for name, op in ops[shift:] + ops[:shift]:
+            elapsed = op(r)
+            if r >= warmup:
+                samples[name].append(elapsed)
+    return samples

@@ -162,6 +162,18 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def read_utf8(path: Path) -> tuple[bytes, str]:
+    """A UTF-8 file's bytes (to fingerprint) and text (a BOM dropped); ValueError with a readable reason."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return raw, raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+
+
 @contextmanager
 def atomic_file(out: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """A temp file beside `out`, renamed onto it (with the umask's mode, not the temp file's 0600)

@@ -61,7 +61,7 @@ from aigateway.prompts.render import render_messages
 from aigateway.resilience.backoff import Backoff
 from aigateway.resilience.policy import policy_for
 from aigateway.settings import Settings
-from cli.common import atomic_file
+from cli.common import atomic_file, read_utf8
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -182,13 +182,9 @@ class LineProblem(Exception):
 def read_dataset(path: Path) -> Dataset:
     """The cases of a JSONL file, and its bad lines by number; UsageError when nothing is usable."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+        raw, text = read_utf8(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     cases: list[Case] = []
     errors: list[LineError] = []
     first_line: dict[str, int] = {}

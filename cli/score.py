@@ -54,6 +54,7 @@ from cli.common import (
     connection_problem,
     failure,
     path_part,
+    read_utf8,
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -225,13 +226,9 @@ def run(
 
 def read_input(path: Path) -> Input:
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+        raw, text = read_utf8(path)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)

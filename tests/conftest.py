@@ -98,3 +98,16 @@ def demo(stack: LocalStack) -> Any:
 @pytest.fixture
 def client(stack: LocalStack, demo: Any) -> Client:
     return Client(LocalApiGateway(stack), demo.api_key)
+
+
+def record_provider_bodies(simulator: SimulatedProvider, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every request body the simulated provider receives from now on (what left the gateway)."""
+    bodies: list[str] = []
+    original = simulator.handle
+
+    def recording(method: str, path: str, headers: Any, body: bytes) -> Any:
+        bodies.append(body.decode("utf-8", "replace"))
+        return original(method, path, headers, body)
+
+    monkeypatch.setattr(simulator, "handle", recording)
+    return bodies

@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aigateway.api import Deadline
+from aigateway.api import Deadline, validation_failed
 from aigateway.completion import CallContext, Completions
-from aigateway.errors import GatewayError, ProviderTimeout, ValidationFailed
+from aigateway.errors import GatewayError, ProviderTimeout
 from aigateway.experiments import ExperimentConfigs
 from aigateway.generation import GenerateRequest, GenerateResponse, generate
 from aigateway.observability import logger
@@ -119,11 +119,4 @@ def _parse_item(body: dict[str, Any]) -> GenerateRequest:
     except ValidationError as exc:
         first = exc.errors()[0]
         # Fields are named as POST /v1/generate would name them: an item's answer is that route's.
-        field = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        if first.get("type") == "missing":
-            message = f"field {field!r} is required"
-        elif first.get("type") == "extra_forbidden":
-            message = f"field {field!r} is not allowed"
-        else:
-            message = f"field {field!r}: {first.get('msg')}"
-        raise ValidationFailed(message, field=field) from None
+        raise validation_failed(first, [str(p) for p in first.get("loc", ())]) from None

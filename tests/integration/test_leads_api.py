@@ -22,7 +22,7 @@ from aigateway.llm.simulated import SimulatedProvider
 from aigateway.observability import logger
 from infra.local.runtime import LocalStack
 from infra.local.seed import seed_demo_tenant
-from tests.conftest import Client, Reply
+from tests.conftest import Client, Reply, record_provider_bodies
 from tests.integration.test_jobs_api import job_rows, queued_messages, wait_until_ended
 
 LEADS = "/v1/leads"
@@ -627,14 +627,7 @@ def test_pii_and_excluded_fields_never_reach_the_provider_nor_the_logs(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     # Given every request body the provider receives is recorded
-    bodies: list[str] = []
-    original = simulator.handle
-
-    def recording(method: str, path: str, headers: Any, body: bytes) -> Any:
-        bodies.append(body.decode("utf-8", "replace"))
-        return original(method, path, headers, body)
-
-    monkeypatch.setattr(simulator, "handle", recording)
+    bodies = record_provider_bodies(simulator, monkeypatch)
     # And the tenant excludes custom.budget (contact fields are PII by default)
     admin_put_scoring(client, "demo", NEW_SETTINGS)
     # When leads with contact details, PII in the notes and a budget are upserted and scored,

@@ -14,23 +14,10 @@ import pytest
 from aigateway.llm.simulated import SimulatedProvider
 from aigateway.prompts.registry import TemplateRegistry
 from infra.local.runtime import LocalStack
-from tests.conftest import Client
+from tests.conftest import Client, record_provider_bodies
 from tests.template_inputs import LIBRARY, valid_input
 
 REGISTRY = TemplateRegistry(Path(__file__).resolve().parents[2] / "prompts")
-
-
-def recorded_bodies(simulator: SimulatedProvider, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every request body the simulated provider receives from now on."""
-    bodies: list[str] = []
-    original = simulator.handle
-
-    def recording(method: str, path: str, headers: Any, body: bytes) -> Any:
-        bodies.append(body.decode("utf-8", "replace"))
-        return original(method, path, headers, body)
-
-    monkeypatch.setattr(simulator, "handle", recording)
-    return bodies
 
 
 def test_each_library_template_answers_schema_valid_output(
@@ -100,7 +87,7 @@ def test_crm_enrichment_never_sends_an_excluded_value_to_the_provider(
     client: Client, stack: LocalStack, simulator: SimulatedProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given every body the provider receives is recorded
-    bodies = recorded_bodies(simulator, monkeypatch)
+    bodies = record_provider_bodies(simulator, monkeypatch)
     # When a record with excluded fields is enriched with {*} and a {field} placeholder
     reply = client.post("/v1/generate", crm_request("Enrich {company}, whose buyer is a {contact.title}.\n{*}"))
     # Then the answer is schema-valid output, from one provider call

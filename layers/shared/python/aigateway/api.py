@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -161,13 +161,18 @@ def _validation_error(exc: RequestValidationError) -> GatewayError:
     loc = [str(part) for part in first.get("loc", ())]
     if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
         loc = loc[1:]
+    return validation_failed(first, loc)
+
+
+def validation_failed(error: Mapping[str, Any], loc: Sequence[str]) -> ValidationFailed:
+    """A pydantic error (the first of a failed validation) as our 422, the field named by `loc`."""
     field = ".".join(loc) or "body"
-    if first.get("type") == "missing":
+    if error.get("type") == "missing":
         message = f"field {field!r} is required"
-    elif first.get("type") == "extra_forbidden":
+    elif error.get("type") == "extra_forbidden":
         message = f"field {field!r} is not allowed"
     else:
-        message = f"field {field!r}: {first.get('msg', 'invalid value')}"
+        message = f"field {field!r}: {error.get('msg', 'invalid value')}"
     return ValidationFailed(message, field=field)
 
 
