@@ -75,18 +75,23 @@ def fire_schedule(name: str, port: int) -> None:
 
 def _banner(url: str, key: str, provider: str, simulator_url: str | None = None) -> str:
     month = time.strftime("%Y-%m", time.gmtime())
-    faults = ""
-    if simulator_url:  # make the simulated provider fail, then see the fallback chain answer
-        script = '{"script":["500","500","500","500"]}'
-        faults = (
-            f"  curl -s -X POST {simulator_url.removesuffix('/v1')}/_sim/faults -d '{script}'\n"
-            '  # then a new generate request is answered by the static fallback: "served_by": "static_answer"\n'
-        )
     body = (
         '{"template":"skill_assessment","variables":{"skill":"SQL",'
         '"question":"What does a LEFT JOIN return?",'
         '"answer":"All rows from the left table and matching rows from the right, with NULLs where nothing matches."}}'
     )
+    faults = ""
+    if simulator_url:  # make the simulated provider fail, watch the chain end in the static answer, heal it
+        sim = simulator_url.removesuffix("/v1")
+        unseen = body.replace("What does a LEFT JOIN return?", "What does GROUP BY do?")  # not in the cache
+        faults = f"""Break the simulated provider (every call answers 500), see a degraded answer, then heal it:
+  curl -s -X POST {sim}/_sim/faults -d '{{"rate":1,"kinds":["500"]}}'
+  curl -s {url}/v1/generate -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
+       -d '{unseen}'
+  # "served_by": "static_answer": every model in the chain failed; the template's static answer, labelled
+  curl -s -X DELETE {sim}/_sim/faults
+
+"""
     lead = (
         '{"company":"Acme Corp","title":"VP of Sales","industry":"SaaS","size":250,"source":"referral",'
         '"events":[{"type":"demo_request","at":"2026-11-01"}],"notes":"Budget approved for Q1"}'
@@ -137,10 +142,9 @@ Lead scoring (asynchronous: SQS → Step Functions → LLM scorer, fallback mode
   # a lead file dropped in the imports bucket (what `aws s3 cp` does on AWS), bad rows reported by line:
   curl -s -X PUT {url}/_local/imports/demo/leads.csv --data-binary @docs/examples/leads.csv
   # or score a CSV end to end from your machine, resumable: make score CSV=docs/examples/leads.csv
+  # schedules do not tick locally; fire one: python -m infra.local schedule lead-rescore
 
-{faults}  # schedules do not tick locally; fire one: python -m infra.local schedule lead-rescore
-
-Ctrl-C stops it (state lives in memory and starts fresh next time).
+{faults}Ctrl-C stops it (state lives in memory and starts fresh next time).
 """
 
 
