@@ -1,5 +1,6 @@
 """`python -m cli export --month YYYY-MM ...`: see `cli/export.py`; `python -m cli score INPUT.csv ...`:
-see `cli/score.py`; `python -m cli eval --template NAME --dataset CASES.jsonl ...`: see `cli/eval.py`."""
+see `cli/score.py`; `python -m cli eval --template NAME --dataset CASES.jsonl ...`: see `cli/eval.py`;
+`python -m cli bootstrap --table STATE_TABLE`: the first operator key of a deployment, see `cli/bootstrap.py`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from cli import bootstrap, export, score
 from cli import eval as eval_cmd
-from cli import export, score
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(commands)
     score.add_parser(commands)
     eval_cmd.add_parser(commands)
+    bootstrap.add_parser(commands)
     return parser
 
 

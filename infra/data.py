@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Acknowledgment, Duration, RemovalPolicy, SecretValue, Validations
+from aws_cdk import Acknowledgment, CfnOutput, Duration, RemovalPolicy, SecretValue, Stack, Validations
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -56,6 +56,12 @@ class Data(Construct):
             partition_key=dynamodb.Attribute(name="gsi1pk", type=STRING),
             sort_key=dynamodb.Attribute(name="gsi1sk", type=STRING),
             projection_type=dynamodb.ProjectionType.ALL,
+        )
+        CfnOutput(
+            Stack.of(self),
+            "StateTableName",
+            value=self.state_table.table_name,
+            description="State table: `python -m cli bootstrap --table <this>` issues the first operator key",
         )
         # Jobs by status, leads by when they were last scored (see docs/architecture.md).
         self.state_table.add_global_secondary_index(

@@ -1,4 +1,5 @@
-"""Operator endpoints for a tenant's prompt experiment on one template (role admin only).
+"""A tenant's prompt experiment on one template; the platform operator or the tenant's own
+tenant_admin keys read and change it.
 
 PUT replaces the experiment: `{"pinned_version": N}` serves version N to every request;
 `{"variants": [{"name", "version", "weight"}, …]}` splits subjects by weight, sticky per subject;
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from admin.governance import existing_tenant, require_admin
+from admin.tenants import existing_tenant
 from aigateway import deps
-from aigateway.auth import Principal
+from aigateway.auth import Principal, require_tenant_admin
 from aigateway.experiments import ExperimentIn, ExperimentOut, check_versions, experiment_out
 
 
 def get_experiment(principal: Principal, tenant_id: str, template: str) -> ExperimentOut:
-    require_admin(principal)
+    require_tenant_admin(principal, tenant_id)
     existing_tenant(tenant_id)
     templates = deps.templates()
     templates.get(template)  # 404 unknown_template
@@ -28,7 +29,7 @@ def get_experiment(principal: Principal, tenant_id: str, template: str) -> Exper
 
 
 def put_experiment(principal: Principal, tenant_id: str, template: str, settings: ExperimentIn) -> ExperimentOut:
-    require_admin(principal)
+    require_tenant_admin(principal, tenant_id)
     existing_tenant(tenant_id)
     templates = deps.templates()
     check_versions(settings, template, templates)

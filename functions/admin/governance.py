@@ -1,4 +1,5 @@
-"""Operator endpoints for a tenant's budgets and rate limits (role admin only).
+"""A tenant's budgets and rate limits: the platform operator (role admin) changes them; the tenant's
+own tenant_admin keys may read them.
 
 A change is stored, then applied in place to the current month's live budget counters (their
 limit and headroom move together), so a lowered budget refuses the next reservation at once in
@@ -11,9 +12,9 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
+from admin.tenants import existing_tenant
 from aigateway import deps
-from aigateway.auth import Principal
-from aigateway.errors import Forbidden, NotFound
+from aigateway.auth import Principal, require_admin, require_tenant_admin
 from aigateway.governance.budgets import BudgetScope, period_of
 from aigateway.governance.config import Governance
 
@@ -31,11 +32,6 @@ class GovernanceOut(BaseModel):
     tenant_id: str
     governance: Governance
     budgets: list[BudgetOut] = Field(description="This month's counters for every configured budget")
-
-
-def require_admin(principal: Principal) -> None:
-    if principal.role != "admin":
-        raise Forbidden("this endpoint needs an admin key")
 
 
 def _report(tenant_id: str, config: Governance, now: datetime) -> GovernanceOut:
@@ -61,13 +57,8 @@ def _report(tenant_id: str, config: Governance, now: datetime) -> GovernanceOut:
     )
 
 
-def existing_tenant(tenant_id: str) -> None:
-    if deps.repos().tenants.get(tenant_id) is None:
-        raise NotFound(f"no tenant {tenant_id!r}", field="tenant_id")
-
-
 def get_governance(principal: Principal, tenant_id: str) -> GovernanceOut:
-    require_admin(principal)
+    require_tenant_admin(principal, tenant_id)
     existing_tenant(tenant_id)
     return _report(tenant_id, deps.governance_configs().get(tenant_id, fresh=True), datetime.now(UTC))
 

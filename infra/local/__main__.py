@@ -114,6 +114,10 @@ Try it:
   curl -s {url}/v1/budget -H 'Authorization: Bearer {key}'
   curl -s "{url}/v1/usage/export?month={month}&format=csv" -H 'Authorization: Bearer {key}'
   curl -s {url}/v1/admin/tenants/demo/governance -H 'Authorization: Bearer {key}'
+  curl -s {url}/v1/admin/tenants/demo/keys -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\
+       -d '{{"user_id":"alice","role":"tenant_admin"}}'
+  # 201: alice's key, shown once; list with GET on the same path, revoke: DELETE …/keys/<key_id>;
+  # onboard a customer: POST {url}/v1/admin/tenants {{"tenant_id":"acme","name":"Acme"}}, then its keys
   curl -s {url}/v1/openapi.json | head -c 400
 
 OpenAI-compatible (any OpenAI SDK: base_url={url}/v1, api_key=the key above):

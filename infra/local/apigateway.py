@@ -89,6 +89,11 @@ class LocalApiGateway:
             event["requestContext"]["authorizer"] = {"lambda": authorizer.get("context", {})}
         return route, event
 
+    def expire_authorizations(self) -> None:
+        """Forget every cached authorizer result, as the cache TTL passing would."""
+        with self._lock:
+            self._auth_cache.clear()
+
     def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         for route, pattern in self.routes:
             found = pattern.match(path)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aigateway import deps
-from aigateway.auth import issue_key
+from aigateway.auth import Role, issue_key
 
 DEMO_TENANT = "demo"
 
@@ -19,10 +19,10 @@ class DemoTenant:
 
 
 def seed_demo_tenant(
-    api_key: str | None = None, *, tenant_id: str = DEMO_TENANT, user_id: str = "demo-admin", role: str = "admin"
+    api_key: str | None = None, *, tenant_id: str = DEMO_TENANT, user_id: str = "demo-admin", role: Role = "admin"
 ) -> DemoTenant:
     now = datetime.now(UTC).isoformat()
     repos = deps.repos()
     repos.tenants.create(tenant_id, name=f"{tenant_id} tenant", created_at=now)
-    _, key = issue_key(repos.api_keys, tenant_id=tenant_id, user_id=user_id, role=role, created_at=now, api_key=api_key)  # type: ignore[arg-type]
+    _, key = issue_key(repos.api_keys, tenant_id=tenant_id, user_id=user_id, role=role, created_at=now, api_key=api_key)
     return DemoTenant(tenant_id, user_id, key)

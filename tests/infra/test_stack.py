@@ -541,6 +541,8 @@ def test_default_stage_logs_access_and_throttles(template: Any) -> None:
         },
     )
     template.has_output("ApiUrl", {"Value": Match.any_value()})
+    # What `python -m cli bootstrap --table` needs to issue the first operator key
+    template.has_output("StateTableName", {"Value": {"Ref": Match.string_like_regexp("^DataState")}})
 
 
 def test_every_http_function_may_be_invoked_by_api_gateway(resources: Resources) -> None:

@@ -340,6 +340,13 @@ class JobCancelled(GatewayError):
     status = 409
 
 
+class TenantExists(GatewayError):
+    """A tenant with this id already exists; tenant ids are never reused."""
+
+    code = "tenant_exists"
+    status = 409
+
+
 class VersionConflict(GatewayError):
     """Someone else changed the record since it was read; read it again and retry."""
 

@@ -25,7 +25,17 @@ class ApiKeys:
     def get(self, key_hash: str) -> Item | None:
         return self.db.get(self.table, self._key(key_hash))
 
-    def create(self, key_hash: str, *, key_id: str, tenant_id: str, user_id: str, role: str, created_at: str) -> None:
+    def create(
+        self,
+        key_hash: str,
+        *,
+        key_id: str,
+        tenant_id: str,
+        user_id: str,
+        role: str,
+        created_at: str,
+        created_by: str | None = None,
+    ) -> Item:
         item = {
             **self._key(key_hash),
             "key_id": key_id,
@@ -37,7 +47,41 @@ class ApiKeys:
             "gsi1pk": f"TENANT#{tenant_id}",
             "gsi1sk": f"APIKEY#{key_id}",
         }
+        if created_by is not None:
+            item["created_by"] = created_by
         self.db.put(self.table, item, condition="attribute_not_exists(pk)")
+        return item
+
+    def for_tenant(self, tenant_id: str) -> list[Item]:
+        """Every key of a tenant, active or revoked, by key id (gsi1)."""
+        return self.db.query_all(
+            self.table,
+            "gsi1pk = :p AND begins_with(gsi1sk, :s)",
+            {":p": f"TENANT#{tenant_id}", ":s": "APIKEY#"},
+            index="gsi1",
+        )
+
+    def find(self, tenant_id: str, key_id: str) -> Item | None:
+        """A tenant's key by its id (gsi1: eventually consistent, fine for an operator's revoke)."""
+        items, _ = self.db.query(
+            self.table,
+            "gsi1pk = :p AND gsi1sk = :s",
+            {":p": f"TENANT#{tenant_id}", ":s": f"APIKEY#{key_id}"},
+            index="gsi1",
+        )
+        return items[0] if items else None
+
+    def revoke(self, pk: str, *, revoked_by: str, at: str) -> Item:
+        """Marks a key revoked (once: a second revoke keeps the first one's time and author)."""
+        return self.db.update(
+            self.table,
+            {"pk": pk, "sk": "APIKEY"},
+            "SET #st = :revoked, revoked_at = if_not_exists(revoked_at, :at), "
+            "revoked_by = if_not_exists(revoked_by, :by)",
+            names={"#st": "status"},
+            values={":revoked": "revoked", ":at": at, ":by": revoked_by},
+            condition="attribute_exists(pk)",
+        )
 
 
 @dataclass(frozen=True)
@@ -68,10 +112,13 @@ class Tenants:
             return False
         return True
 
+    def all(self) -> list[Item]:
+        """Every tenant, by id (gsi1)."""
+        return self.db.query_all(self.table, "gsi1pk = :p", {":p": "TENANTS"}, index="gsi1")
+
     def ids(self) -> list[str]:
         """Every tenant id, in order (for admin exports and sweeps that span tenants)."""
-        items = self.db.query_all(self.table, "gsi1pk = :p", {":p": "TENANTS"}, index="gsi1")
-        return [i["tenant_id"] for i in items]
+        return [i["tenant_id"] for i in self.all()]
 
 
 @dataclass(frozen=True)
