@@ -173,6 +173,36 @@ def test_a_failed_summariser_drops_old_turns_for_that_turn_and_folds_them_later(
     )
 
 
+def test_a_summary_made_for_a_turn_that_then_fails_is_kept_and_reused_by_the_retry(
+    client: Client, simulator: SimulatedProvider, received: list[dict[str, Any]]
+) -> None:
+    # Given three turns under a small budget, so the fourth folds, and a reply that fails on every hop
+    cid = create(client, system="Be brief.", token_budget=1_200, max_tokens=100)
+    for turn in range(3):
+        assert say(client, cid, sized(300, 200 + turn)).status == 200
+    before = client.get(f"{CONVERSATIONS}/{cid}").body["totals"]
+    message = "REPLY-FAILS " + sized(300, 203)
+    simulator.set_faults({"marked": {"REPLY-FAILS": ["500"] * 40}})
+    # When the fourth message's summary is made but its reply fails
+    failed = say(client, cid, message)
+    nano = [r for r in received if r["model"] == "gpt-4.1-nano"]
+    # Then the caller gets the failure, and the summary it paid for is stored, with its cost
+    assert failed.status == 502 and failed.body["error"]["code"] == "provider_error", failed.body
+    assert len(nano) == 1, "the fold ran once"
+    kept = client.get(f"{CONVERSATIONS}/{cid}").body
+    summary_rows = [r for r in ledger_rows() if r.get("template") == SUMMARY_TEMPLATE and r["outcome"] == "success"]
+    print(f"after the failed turn: totals {kept['totals']}, summary covers {kept['summary']['summarised_messages']}")
+    assert kept["summary"] is not None and kept["totals"]["summaries"] == 1
+    assert kept["totals"]["turns"] == before["turns"] == 3 and len(kept["messages"]) == 6, "no message of the turn"
+    assert kept["totals"]["cost_micros"] - before["cost_micros"] == sum(r["cost_micros"] for r in summary_rows) > 0
+    # And the retry answers with that summary, without a second summariser call
+    simulator.reset_faults()
+    retried = say(client, cid, message)
+    assert retried.status == 200, retried.body
+    assert retried.body["context"]["summary_applied"] and not retried.body["context"]["summary_updated"]
+    assert len([r for r in received if r["model"] == "gpt-4.1-nano"]) == 1
+
+
 def test_concurrent_messages_to_one_conversation_never_interleave_or_get_lost(
     client: Client, stack: LocalStack, simulator: SimulatedProvider
 ) -> None:

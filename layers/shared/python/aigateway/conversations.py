@@ -707,6 +707,24 @@ class _Fold:
     summary_item: Item | None = None
 
 
+def _folded(meta: Item, plan: ContextPlan, fold: _Fold) -> tuple[frozenset[int], int | None]:
+    """The messages this turn's summary took in (or gave up on), and the summary's new coverage."""
+    folded = {m.seq for m in plan.fold} if fold.updated else {m.seq for m in fold.given_up}
+    covers_through = max(int(meta.get("covers_through", 0)), *folded) if folded else None
+    return frozenset(folded), covers_through
+
+
+def _summary_totals(fold: _Fold) -> dict[str, int]:
+    """What the summariser call adds to the conversation's running totals."""
+    usage = fold.result.usage if fold.result is not None else None
+    return {
+        "input_tokens": usage.input_tokens if usage else 0,
+        "output_tokens": usage.output_tokens if usage else 0,
+        "cost_micros": fold.result.cost_micros if fold.result is not None else 0,
+        "summaries": 1 if fold.updated else 0,
+    }
+
+
 class ConversationService:
     def __init__(
         self,
@@ -922,19 +940,24 @@ class ConversationService:
         reply_ctx = replace(
             ctx, feature=FEATURE, template=meta.get("template"), rate_limited=ctx.rate_limited and not plan.fold
         )
-        result = self.completions.complete(
-            reply_ctx,
-            CompletionSpec(
-                calls=_reply_calls(meta),
-                messages=built.messages,
-                response_format=None,
-                # Not cached: a turn's context is never sent twice (a retry replays through its
-                # Idempotency-Key), and a deleted conversation must leave no copy behind.
-                cache_ttl_s=0,
-                read_cache=False,  # nothing is ever written for it: skip the read
-                validate=json_output(None),
-            ),
-        )
+        try:
+            result = self.completions.complete(
+                reply_ctx,
+                CompletionSpec(
+                    calls=_reply_calls(meta),
+                    messages=built.messages,
+                    response_format=None,
+                    # Not cached: a turn's context is never sent twice (a retry replays through its
+                    # Idempotency-Key), and a deleted conversation must leave no copy behind.
+                    cache_ttl_s=0,
+                    read_cache=False,  # nothing is ever written for it: skip the read
+                    validate=json_output(None),
+                ),
+            )
+        except BaseException:
+            if fold.updated:  # paid for: the retry reuses it instead of paying again
+                self._keep_summary(ctx, key, meta, plan, fold)
+            raise
         context = _context_report(meta, plan, fold, built, result, history, new_tokens)
         at = self.clock().isoformat()
         seq = int(meta["seq"])
@@ -1018,27 +1041,26 @@ class ConversationService:
     ) -> None:
         """Stores the turn (both messages, a new summary, the totals) in one transaction."""
         user_item, reply_item = messages
-        summary_usage = fold.result.usage if fold.result is not None else None
         summary_cost = fold.result.cost_micros if fold.result is not None else 0
-        folded = {m.seq for m in plan.fold} if fold.updated else {m.seq for m in fold.given_up}
-        folded_through = int(meta.get("covers_through", 0))
+        folded, covers_through = _folded(meta, plan, fold)
+        summary_totals = _summary_totals(fold)
         commit = TurnCommit(
             turn_id=ctx.request_id,
             old_seq=int(meta["seq"]),
             messages=messages,
             summary=fold.summary_item,
-            covers_through=max(folded_through, *folded) if folded else None,
-            folded=frozenset(folded),
+            covers_through=covers_through,
+            folded=folded,
             pin=int(user_item["seq"]) if pin else None,
             pin_tokens=int(user_item["tokens"]),
             added={
                 "turns": 1,
                 "history_tokens": int(user_item["tokens"]) + int(reply_item["tokens"]),
-                "input_tokens": result.usage.input_tokens + (summary_usage.input_tokens if summary_usage else 0),
-                "output_tokens": result.usage.output_tokens + (summary_usage.output_tokens if summary_usage else 0),
+                "input_tokens": result.usage.input_tokens + summary_totals["input_tokens"],
+                "output_tokens": result.usage.output_tokens + summary_totals["output_tokens"],
                 "cost_micros": result.cost_micros + summary_cost,
                 "tokens_saved": context.tokens_saved,
-                "summaries": 1 if fold.updated else 0,
+                "summaries": summary_totals["summaries"],
             },
             title=_title_from(str(user_item["content"])),
             at=at,
@@ -1071,6 +1093,33 @@ class ConversationService:
                 "history_sent": context.history_messages_sent,
                 "dropped": context.dropped_messages,
             },
+        )
+
+    def _keep_summary(self, ctx: CallContext, key: ConversationKey, meta: Item, plan: ContextPlan, fold: _Fold) -> None:
+        """Stores a new summary whose turn then failed (and gives the claim back): the summariser
+        was paid for, so the retry must reuse it rather than pay for the same fold again."""
+        folded, covers_through = _folded(meta, plan, fold)
+        commit = TurnCommit(
+            turn_id=ctx.request_id,
+            old_seq=int(meta["seq"]),
+            messages=(),
+            summary=fold.summary_item,
+            covers_through=covers_through,
+            folded=folded,
+            pin=None,
+            pin_tokens=0,
+            added=_summary_totals(fold),
+            title=None,
+            at=self.clock().isoformat(),
+        )
+        try:
+            self.store.commit_turn(key, commit)
+        except Exception:  # noqa: BLE001 - the turn's own error is what the caller must see
+            logger().exception("conversation summary not kept", extra={"conversation_id": key.conversation_id})
+            return
+        logger().info(
+            "conversation summary kept after a failed turn",
+            extra={"conversation_id": key.conversation_id, "covers_through": covers_through},
         )
 
     def _fold(

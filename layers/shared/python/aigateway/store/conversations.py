@@ -73,7 +73,7 @@ class TurnCommit:
     pin: int | None  # the new user message's number, when it is pinned
     pin_tokens: int
     added: dict[str, int]  # running totals to add: turns, input_tokens, output_tokens, cost_micros…
-    title: str  # set only if the conversation has none yet
+    title: str | None  # set only if the conversation has none yet (None: a summary kept after a failed turn)
     at: str
 
 
@@ -169,7 +169,8 @@ class ConversationStore:
         return messages, stored_summary
 
     def commit_turn(self, key: ConversationKey, commit: TurnCommit) -> None:
-        """Both messages, the summary and the META update in one transaction.
+        """Both messages, the summary and the META update in one transaction (no messages: a summary
+        kept after its turn failed; the claim is given back either way).
 
         META's condition (the claim is still this turn's, the conversation active, `seq` as read)
         makes a lost claim or a deletion cancel all of it: raises TransactionCancelled.
@@ -180,10 +181,12 @@ class ConversationStore:
             ":old": commit.old_seq,
             ":seq": new_seq,
             ":at": commit.at,
-            ":title": commit.title,
             ":active": ACTIVE,
         }
-        sets = ["seq = :seq", "updated_at = :at", "title = if_not_exists(title, :title)"]
+        sets = ["seq = :seq", "updated_at = :at"]
+        if commit.title is not None:
+            values[":title"] = commit.title
+            sets.append("title = if_not_exists(title, :title)")
         adds = []
         for i, (name, amount) in enumerate(sorted(commit.added.items())):
             values[f":a{i}"] = amount
