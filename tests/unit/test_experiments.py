@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import random
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -26,8 +27,11 @@ from aigateway.experiments import (
     choose_template,
     compare,
     order_groups,
+    proportions_p,
     report_range,
+    student_t_two_sided,
     subject_of,
+    welch_p,
 )
 from aigateway.experiments import _variant_report as variant_report
 from aigateway.prompts.registry import TemplateRegistry, locale_fallbacks, normalize_locale
@@ -344,7 +348,7 @@ def test_report_definitions_on_known_rows() -> None:
     groups = aggregate(reversed(rows), feedback)  # row order does not matter
     keys = order_groups(groups, experiment)
     assert keys == [("control", 1, None), ("concise", 2, None), (None, 2, None)]
-    control, concise, none = compare([variant_report(k, groups[k]) for k in keys])
+    control, concise, none = compare([variant_report(k, groups[k]) for k in keys], groups)
     print(control.model_dump(), concise.model_dump(), sep="\n")
     assert (control.requests, control.provider_answers, control.schema_valid_rate) == (3, 1, 1.0)
     assert (control.cache_hits, control.fallback_requests, control.fallback_rate, control.failed_requests) == (
@@ -372,9 +376,48 @@ def test_report_definitions_on_known_rows() -> None:
     assert concise.vs_first.latency_p50_ms == 300 and concise.vs_first.cost_per_request_micros == 1
     assert none.variant is None and none.requests == 1 and none.feedback.mean is None and none.vs_first is not None
     assert none.vs_first.mean_rating is None  # no feedback on one side: no difference
+    # p-values: 1 of 1 valid vs 1 of 2 (pooled z-test); one concise rating is too few for a t-test
+    assert concise.vs_first.schema_valid_rate_p == proportions_p(1, 1, 1, 2) == 0.3865
+    assert concise.vs_first.fallback_rate_p == proportions_p(1, 3, 0, 2) == 0.3613
+    assert concise.vs_first.mean_rating_p is None and none.vs_first.schema_valid_rate_p == 1.0
     # A configured variant without traffic is still listed, with nothing to compare
     empty = order_groups({}, experiment)
     assert empty == [("control", 1, None), ("concise", 2, None)]
+
+
+def test_significance_matches_textbook_values_and_is_calibrated() -> None:
+    # Student's t critical values (two-sided 5 % and 1 %) from any t table
+    for t, df, p in [(2.228, 10, 0.05), (2.086, 20, 0.05), (2.042, 30, 0.05), (3.169, 10, 0.01), (12.706, 1, 0.05)]:
+        assert student_t_two_sided(t, df) == pytest.approx(p, abs=2e-4), (t, df)
+    assert student_t_two_sided(0.0, 7) == pytest.approx(1.0)
+    # 50/100 vs 65/100: pooled rate 0.575, z = 2.1456, p = 0.0319
+    assert proportions_p(50, 100, 65, 100) == pytest.approx(0.0319, abs=1e-4)
+    assert proportions_p(10, 10, 20, 20) == 1.0 and proportions_p(0, 0, 3, 4) is None
+    # Welch: [4,5,4,5,4] vs [2,3,2,3,3]: means 4.4 / 2.6, both variances 0.3, t = -5.196, df = 8
+    assert welch_p([4, 5, 4, 5, 4], [2, 3, 2, 3, 3]) == pytest.approx(round(student_t_two_sided(5.196152, 8), 4))
+    assert welch_p([4, 5, 4, 5, 4], [2, 3, 2, 3, 3]) == pytest.approx(0.0008, abs=1e-4)
+    assert welch_p([3, 3], [3, 3]) == 1.0 and welch_p([5, 5], [1, 1]) == 0.0 and welch_p([4], [1, 2]) is None
+    # Calibration: over 500 A/A comparisons (same distribution on both sides) about 5 % come out
+    # p < 0.05 (binomial 3σ: 10..40); a real shift (+1 on a 1..5 scale, capped at 5: mean 3.6 → 4.3,
+    # z ≈ 3.3 at 60 ratings a side) is found with power ≈ 0.91 (3σ lower bound 0.87)
+    rng = random.Random(5)
+    runs = 500
+
+    def ratings() -> list[int]:
+        return [rng.choice((1, 2, 3, 3, 4, 4, 4, 5, 5, 5)) for _ in range(60)]
+
+    def answers(rate: float) -> int:
+        return sum(rng.random() < rate for _ in range(150))
+
+    def significant(p: float | None) -> bool:
+        return p is not None and p < 0.05
+
+    false_ratings = sum(significant(welch_p(ratings(), ratings())) for _ in range(runs))
+    false_rates = sum(significant(proportions_p(answers(0.8), 150, answers(0.8), 150)) for _ in range(runs))
+    found = sum(significant(welch_p(ratings(), [min(5, x + 1) for x in ratings()])) for _ in range(runs))
+    print(f"A/A p<0.05: ratings {false_ratings}/{runs}, rates {false_rates}/{runs}; +1 shift found {found}/{runs}")
+    assert 10 <= false_ratings <= 40 and 10 <= false_rates <= 40
+    assert found >= 0.87 * runs
 
 
 def test_report_range_is_bounded_with_clear_errors() -> None:

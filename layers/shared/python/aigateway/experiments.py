@@ -382,14 +382,19 @@ class RatingStats(BaseModel):
 
 
 class VariantDelta(BaseModel):
-    """This group minus the first group (null where either side has no data)."""
+    """This group minus the first group (null where either side has no data), with two-sided
+    p-values for the differences that have one. A p-value is not corrected for looking at the
+    report many times or for comparing many variants: read p < 0.05 as worth a look, not a verdict."""
 
     schema_valid_rate: float | None
+    schema_valid_rate_p: float | None = Field(description="Two-proportion z-test (pooled), two-sided")
     fallback_rate: float | None
+    fallback_rate_p: float | None = Field(description="Two-proportion z-test (pooled), two-sided")
     latency_p50_ms: int | None
     latency_p95_ms: int | None
     cost_per_request_micros: int | None
     mean_rating: float | None
+    mean_rating_p: float | None = Field(description="Welch's t-test, two-sided; null below 2 ratings on a side")
 
 
 class VariantReport(BaseModel):
@@ -555,23 +560,107 @@ def _minus(a: Any, b: Any, digits: int | None = None) -> Any:
     return round(a - b, digits) if digits is not None else a - b
 
 
-def compare(reports: list[VariantReport]) -> list[VariantReport]:
-    """Each report with its difference from the first."""
+# --- significance (pure Python: a p-value does not justify SciPy's size in a Lambda layer) ---
+
+
+def _p_value(p: float) -> float:
+    return round(min(1.0, max(0.0, p)), 4)
+
+
+def proportions_p(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float | None:
+    """Two-sided p-value of the pooled two-proportion z-test; None without data on a side."""
+    if not n_a or not n_b:
+        return None
+    pooled = (hits_a + hits_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if se == 0:  # both sides all hits or all misses: no difference to test
+        return 1.0
+    z = (hits_b / n_b - hits_a / n_a) / se
+    return _p_value(math.erfc(abs(z) / math.sqrt(2)))
+
+
+def welch_p(a: list[int], b: list[int]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances); None below 2 values on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+    var_a = sum((x - mean_a) ** 2 for x in a) / (len(a) - 1) / len(a)
+    var_b = sum((x - mean_b) ** 2 for x in b) / (len(b) - 1) / len(b)
+    se2 = var_a + var_b
+    if se2 == 0:
+        return 1.0 if mean_a == mean_b else 0.0
+    t = (mean_b - mean_a) / math.sqrt(se2)
+    df = se2**2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+    return _p_value(student_t_two_sided(t, df))
+
+
+def student_t_two_sided(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with `df` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2)."""
+    return _betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b) (continued fraction, Numerical Recipes §6.4)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    tiny = 1e-300
+
+    def nonzero(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / nonzero(1.0 - (a + b) * x / (a + 1))
+    h = d
+    for m in range(1, 500):
+        even = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1.0 / nonzero(1.0 + even * d)
+        c = nonzero(1.0 + even / c)
+        h *= d * c
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 / nonzero(1.0 + odd * d)
+        c = nonzero(1.0 + odd / c)
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < 1e-14:
+            break
+    return h
+
+
+def compare(reports: list[VariantReport], groups: dict[GroupKey, _Group]) -> list[VariantReport]:
+    """Each report with its difference from the first, and the p-values of those differences
+    (`groups` holds the raw counts and ratings behind each report)."""
     if not reports:
         return reports
     first = reports[0]
+    base = groups.get(_group_key(first), _Group())
     out = [first]
     for r in reports[1:]:
+        mine = groups.get(_group_key(r), _Group())
         delta = VariantDelta(
             schema_valid_rate=_minus(r.schema_valid_rate, first.schema_valid_rate, 4),
+            schema_valid_rate_p=proportions_p(base.valid, base.provider_answers, mine.valid, mine.provider_answers),
             fallback_rate=_minus(r.fallback_rate, first.fallback_rate, 4),
+            fallback_rate_p=proportions_p(base.fallbacks, base.requests, mine.fallbacks, mine.requests),
             latency_p50_ms=_minus(r.latency_p50_ms, first.latency_p50_ms),
             latency_p95_ms=_minus(r.latency_p95_ms, first.latency_p95_ms),
             cost_per_request_micros=_minus(r.cost_per_request_micros, first.cost_per_request_micros),
             mean_rating=_minus(r.feedback.mean, first.feedback.mean, 3),
+            mean_rating_p=welch_p(base.ratings, mine.ratings),
         )
         out.append(r.model_copy(update={"vs_first": delta}))
     return out
+
+
+def _group_key(report: VariantReport) -> GroupKey:
+    return (report.variant, report.version, report.locale)
 
 
 def report_range(since: str | None, until: str | None, *, today: date) -> tuple[date, date]:
@@ -699,5 +788,5 @@ class ExperimentService:
             since=start.isoformat(),
             until=end.isoformat(),
             experiment=experiment_out(tenant_id, experiment, templates),
-            variants=compare(reports),
+            variants=compare(reports, groups),
         )
