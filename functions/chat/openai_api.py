@@ -11,6 +11,11 @@ ledger as every other route (`Completions.complete`), and answers in OpenAI's sh
 What the gateway did (served by which hop, cost, cache) travels in `x-aigateway-*` headers, so the
 body stays exactly OpenAI's.
 
+Function calling: `tools`, `tool_choice` and `parallel_tool_calls` go to every hop (they are part of
+the cache key); an answer that calls functions comes back as `tool_calls` (streamed as OpenAI
+streams them), is cached and billed like any answer, and skips JSON-mode validation (the client
+runs the call and checks its arguments). Tool messages must answer a preceding call, as at OpenAI.
+
 Parameters a model does not accept are dropped rather than forwarded, per hop: a request written
 for gpt-4o-mini keeps working when the chain falls back to another family (reasoning models take
 `max_completion_tokens` and no sampling parameters).
@@ -55,19 +60,73 @@ class TextPart(BaseModel):
     text: str
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_TOOLS = 128
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: str = Field(description="JSON text, as the model wrote it")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     refusal: str | None = None  # the SDK echoes assistant messages back with it
+    tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant message's function calls")
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=256, description="A tool message's call")
 
     def wire(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": self.role, "content": _text_of(self.content)}
         if self.name is not None:
             message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump(mode="json") for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="JSON Schema of the arguments")
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -113,6 +172,19 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    def wire_tools(self) -> dict[str, Any]:
+        """The tool parameters, as the provider takes them (part of every hop and of the cache key)."""
+        params: dict[str, Any] = {}
+        if self.tools is not None:
+            params["tools"] = [tool.model_dump(mode="json", exclude_none=True) for tool in self.tools]
+        if self.tool_choice is not None:
+            choice = self.tool_choice
+            params["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump(mode="json")
+        return params
 
     def wire_messages(self) -> list[dict[str, Any]]:
         return [m.wire() for m in self.messages]
@@ -185,6 +257,50 @@ def _check_request(request: ChatCompletionRequest) -> None:
         raise InvalidRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", field="stream_options"
         )
+    for i, message in enumerate(request.messages):
+        if message.content is None and not (message.role == "assistant" and message.tool_calls):
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{i}].content'.", field=f"messages[{i}].content"
+            )
+    _check_tools(request)
+
+
+def _check_tools(request: ChatCompletionRequest) -> None:
+    """OpenAI's own 400s about tools and tool messages, before anything is spent."""
+    names = [tool.function.name for tool in request.tools or ()]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("Invalid 'tools': function names must be unique.", field="tools")
+    for i, tool in enumerate(request.tools or ()):
+        if tool.function.parameters is not None:
+            _check_schema(tool.function.parameters, field=f"tools[{i}].function.parameters")
+    if (request.tool_choice is not None or request.parallel_tool_calls is not None) and request.tools is None:
+        raise InvalidRequest(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            field="tool_choice" if request.tool_choice is not None else "parallel_tool_calls",
+        )
+    choice = request.tool_choice
+    if not isinstance(choice, str) and choice is not None and choice.function.name not in names:
+        raise InvalidRequest(
+            f"Invalid value for 'tool_choice': function '{choice.function.name}' is not in 'tools'.",
+            field="tool_choice",
+        )
+    answered: set[str] = set()
+    for i, message in enumerate(request.messages):
+        if message.role == "assistant":
+            answered = {call.id for call in message.tool_calls or ()}
+        elif message.role == "tool":
+            if message.tool_call_id is None or message.tool_call_id not in answered:
+                raise InvalidRequest(
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                    "with 'tool_calls'.",
+                    field=f"messages[{i}].tool_call_id",
+                )
+        elif message.tool_calls or message.tool_call_id is not None:
+            raise InvalidRequest(
+                f"Invalid 'messages[{i}]': only assistant messages carry 'tool_calls', only tool messages "
+                "'tool_call_id'.",
+                field=f"messages[{i}]",
+            )
 
 
 def _text_of(content: str | list[TextPart] | None) -> str | None:
@@ -222,7 +338,9 @@ def model_object(spec: ModelSpec) -> dict[str, Any]:
 def hop_params(spec: ModelSpec, request: ChatCompletionRequest) -> dict[str, Any]:
     """The request's parameters that `spec` accepts, shaped for it."""
     limit = request.max_completion_tokens or request.max_tokens
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = request.wire_tools()
+    if request.parallel_tool_calls is not None and not spec.is_reasoning:  # o-series refuse it
+        params["parallel_tool_calls"] = request.parallel_tool_calls
     if spec.is_reasoning:
         if limit is not None:
             params["max_completion_tokens"] = min(limit, spec.max_output_tokens)
@@ -310,15 +428,13 @@ def complete(
     return completion_object(ctx.request_id, result), gateway_headers(result)
 
 
-def _check_schema(schema: dict[str, Any]) -> None:
+def _check_schema(schema: dict[str, Any], *, field: str = "response_format.json_schema.schema") -> None:
     import jsonschema
 
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise InvalidRequest(
-            f"Invalid schema for response_format: {exc.message}", field="response_format.json_schema.schema"
-        ) from None
+        raise InvalidRequest(f"Invalid schema for '{field}': {exc.message}", field=field) from None
 
 
 def _quota(exc: BudgetExhausted) -> QuotaExceeded:
@@ -328,7 +444,11 @@ def _quota(exc: BudgetExhausted) -> QuotaExceeded:
 
 
 def completion_object(request_id: str, result: CompletionResult) -> dict[str, Any]:
-    content = result.output if isinstance(result.output, str) else json.dumps(result.output)
+    content: str | None = result.output if isinstance(result.output, str) else json.dumps(result.output)
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    tool_calls = result.extra.get("tool_calls")
+    if tool_calls:
+        message = {**message, "content": content or None, "tool_calls": tool_calls}
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
@@ -338,7 +458,7 @@ def completion_object(request_id: str, result: CompletionResult) -> dict[str, An
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": result.extra.get("finish_reason", "stop"),
             }
@@ -367,11 +487,13 @@ def gateway_headers(result: CompletionResult) -> dict[str, str]:
 
 _PIECE = re.compile(r"\s*\S+\s*")
 WORDS_PER_CHUNK = 4
+ARGUMENT_CHARS_PER_CHUNK = 24
 
 
 def sse_stream(completion: dict[str, Any], *, include_usage: bool) -> str:
-    """`completion` as OpenAI streams it: a role chunk, content deltas, a finish chunk, optionally a
-    usage chunk (no choices), then `[DONE]`. Concatenating the deltas gives the content exactly."""
+    """`completion` as OpenAI streams it: a role chunk, content deltas, tool-call deltas (each call's
+    id and name, then its arguments in pieces), a finish chunk, optionally a usage chunk (no
+    choices), then `[DONE]`. Concatenating the deltas gives the content and arguments exactly."""
     base = {
         "id": completion["id"],
         "object": "chat.completion.chunk",
@@ -394,9 +516,27 @@ def sse_stream(completion: dict[str, Any], *, include_usage: bool) -> str:
     pieces = _PIECE.findall(content)
     if "".join(pieces) != content:  # leading/trailing whitespace only: keep it exact
         pieces = [content]
-    events = [event({"role": "assistant", "content": "", "refusal": None})]
+    events = [
+        event(
+            {
+                "role": "assistant",
+                "content": "" if content or not choice["message"].get("tool_calls") else None,
+                "refusal": None,
+            }
+        )
+    ]
     for start in range(0, len(pieces), WORDS_PER_CHUNK):
         events.append(event({"content": "".join(pieces[start : start + WORDS_PER_CHUNK])}))
+    for index, call in enumerate(choice["message"].get("tool_calls") or ()):
+        # As OpenAI streams a call: id, type and name first, then the arguments in pieces.
+        head = {"index": index, "id": call["id"], "type": "function"}
+        events.append(
+            event({"tool_calls": [{**head, "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        )
+        arguments = call["function"]["arguments"]
+        for start in range(0, len(arguments), ARGUMENT_CHARS_PER_CHUNK):
+            piece = arguments[start : start + ARGUMENT_CHARS_PER_CHUNK]
+            events.append(event({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     events.append(event({}, choice["finish_reason"]))
     if include_usage:
         events.append({**base, "choices": [], "usage": completion["usage"]})

@@ -1,6 +1,6 @@
 """The official `openai` SDK, pointed at the embedded runtime over loopback HTTP, changing only
-base_url and api_key: plain, JSON mode, structured output, streaming, usage, models, and every
-error as the SDK's own typed exception."""
+base_url and api_key: plain, JSON mode, structured output, streaming, function calling, usage,
+models, and every error as the SDK's own typed exception."""
 
 from __future__ import annotations
 
@@ -165,6 +165,93 @@ def test_parameters_a_model_rejects_are_not_forwarded(sdk: openai.OpenAI, simula
     assert simulator.stats()["by_status"].get("400", 0) == 0
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def chat_rows(tenant: str) -> list[dict[str, Any]]:
+    return [r for r in ledger_rows(tenant) if r["feature"] == "chat"]
+
+
+def test_function_calling_round_trip_streamed_cached_and_billed(sdk: openai.OpenAI, demo: Any) -> None:
+    # Given a question and a weather tool
+    messages: Any = ask("What is the weather in Paris?")
+    tools: Any = [WEATHER]
+    # When the model is asked, it calls the tool with arguments that fit the tool's schema
+    first = sdk.chat.completions.create(model=MODEL, messages=messages, tools=tools)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert isinstance(call, openai.types.chat.ChatCompletionMessageFunctionToolCall)
+    arguments = json.loads(call.function.arguments)
+    assert call.function.name == "get_weather" and set(arguments) == {"city", "unit"}
+    assert arguments["unit"] in ("c", "f")
+    # And the tool definitions are billed as prompt, counted the same way by gateway and provider
+    definitions = tokens.count_text(json.dumps(tools), MODEL)
+    assert first.usage is not None and first.usage.prompt_tokens == tokens.count_messages(messages, MODEL) + definitions
+    # When the same request comes again it is a cache hit carrying the same call
+    again = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=messages, tools=tools)
+    replayed = again.parse().choices[0]
+    assert again.headers["x-aigateway-cached"] == "true" and replayed.finish_reason == "tool_calls"
+    assert replayed.message.tool_calls is not None and replayed.message.tool_calls[0].model_dump() == call.model_dump()
+    # And streamed, the deltas add up to the same call, as OpenAI streams one
+    streamed = {"id": "", "name": "", "arguments": ""}
+    finish = None
+    for chunk in sdk.chat.completions.create(model=MODEL, messages=messages, tools=tools, stream=True):
+        for piece in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            streamed["id"] += piece.id or ""
+            streamed["name"] += (piece.function.name or "") if piece.function else ""
+            streamed["arguments"] += (piece.function.arguments or "") if piece.function else ""
+        finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+    assert finish == "tool_calls"
+    assert streamed == {"id": call.id, "name": "get_weather", "arguments": call.function.arguments}
+    # When the tool's result goes back, the model answers in words
+    follow: Any = [
+        *messages,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "unit": "c"}'},
+    ]
+    answered = sdk.chat.completions.create(model=MODEL, messages=follow, tools=tools)
+    assert answered.choices[0].finish_reason == "stop" and answered.choices[0].message.content
+    # And a named tool_choice forces a call; "none" forbids one
+    named: Any = {"type": "function", "function": {"name": "get_weather"}}
+    forced = sdk.chat.completions.create(model=MODEL, messages=follow, tools=tools, tool_choice=named)
+    assert forced.choices[0].finish_reason == "tool_calls"
+    words = sdk.chat.completions.create(model=MODEL, messages=messages, tools=tools, tool_choice="none")
+    assert words.choices[0].message.tool_calls is None and words.choices[0].message.content
+    # And every answer is on the ledger: 4 model answers, 2 cache hits (the repeat, and the stream of it)
+    rows = chat_rows(demo.tenant_id)
+    print(f"function calling: {len(rows)} ledger rows, tool definitions {definitions} prompt tokens")
+    assert sorted(r["outcome"] for r in rows) == ["cache_hit"] * 2 + ["success"] * 4
+
+    # Bad tool use is OpenAI's 400, naming the parameter, before anything is spent
+    unanswered: Any = [*messages, {"role": "tool", "tool_call_id": "call_nope", "content": "{}"}]
+    unknown: Any = {"type": "function", "function": {"name": "get_time"}}
+    refused = []
+    for kwargs in (
+        {"messages": unanswered, "tools": tools},
+        {"messages": messages, "tools": tools, "tool_choice": unknown},
+        {"messages": messages, "tools": [WEATHER, WEATHER]},
+        {"messages": messages, "tool_choice": "auto"},
+    ):
+        with pytest.raises(openai.BadRequestError) as bad:
+            sdk.chat.completions.create(model=MODEL, **kwargs)
+        refused.append(bad.value.param)
+    assert refused == ["messages[2].tool_call_id", "tool_choice", "tools", "tool_choice"]
+    assert len(chat_rows(demo.tenant_id)) == len(rows)
+
+
 def test_models_list_and_retrieve(sdk: openai.OpenAI) -> None:
     listed = [m.id for m in sdk.models.list()]
     assert MODEL in listed and "o4-mini" in listed
@@ -188,12 +275,8 @@ def test_errors_arrive_as_the_sdks_typed_exceptions(sdk: openai.OpenAI, base_url
         sdk.chat.completions.create(model=MODEL, messages=messages, temperature=5)  # type: ignore[arg-type]
     assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as unsupported:
-        sdk.chat.completions.create(
-            model=MODEL,
-            messages=messages,  # type: ignore[arg-type]
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-        )
-    assert unsupported.value.code == "unsupported_parameter" and unsupported.value.param == "tools"
+        sdk.chat.completions.create(model=MODEL, messages=messages, logprobs=True)  # type: ignore[arg-type]
+    assert unsupported.value.code == "unsupported_parameter" and unsupported.value.param == "logprobs"
     with pytest.raises(openai.BadRequestError) as no_json_word:
         sdk.chat.completions.create(
             model=MODEL,

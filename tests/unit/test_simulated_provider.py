@@ -301,6 +301,34 @@ def test_streaming_yields_chunks_then_usage_and_done(sim: Sim) -> None:
     assert json.loads(events[-2].removeprefix("data: "))["usage"]["total_tokens"] > 0
 
 
+def test_tools_get_a_schema_valid_call_then_words_after_the_result(sim: Sim) -> None:
+    client = sim.openai()
+    tool: Any = {"type": "function", "function": {"name": "lookup", "parameters": NESTED_SCHEMA}}
+    # A question with a tool: one call, its arguments an instance of the parameter schema
+    called = client.chat.completions.create(model="gpt-4o-mini", messages=USER, tools=[tool])
+    choice = called.choices[0]
+    (call,) = choice.message.tool_calls or []
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert isinstance(call, openai.types.chat.ChatCompletionMessageFunctionToolCall)
+    jsonschema.validate(json.loads(call.function.arguments), NESTED_SCHEMA)
+    assert called.usage is not None and called.usage.prompt_tokens == tokens.count_messages(
+        USER, "gpt-4o-mini"
+    ) + tokens.count_text(json.dumps([tool]), "gpt-4o-mini")
+    # With the tool's result in hand (`auto`), an answer in words
+    result: Any = [
+        *USER,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "ok"},
+    ]
+    answered = client.chat.completions.create(model="gpt-4o-mini", messages=result, tools=[tool])
+    assert answered.choices[0].finish_reason == "stop" and answered.choices[0].message.tool_calls is None
+    # A tool message answering no call is OpenAI's 400
+    stray: Any = [*USER, {"role": "tool", "tool_call_id": "call_x", "content": "ok"}]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="gpt-4o-mini", messages=stray, tools=[tool])
+    assert "must be a response to a preceeding message with 'tool_calls'" in str(bad.value)
+
+
 def test_models_endpoint_lists_the_catalog(sim: Sim) -> None:
     # Given the catalog
     # When the SDK lists models

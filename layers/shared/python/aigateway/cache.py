@@ -36,6 +36,8 @@ class CachedAnswer:
     provider: str
     created_at: str
     fresh: bool = True  # False: past its TTL, inside the stale-if-error window
+    finish_reason: str = "stop"
+    tool_calls: tuple[dict[str, Any], ...] = ()  # an answer that is function calls (OpenAI-compatible route)
 
 
 class ResponseCache:
@@ -58,6 +60,8 @@ class ResponseCache:
             provider=item["provider"],
             created_at=item["created_at"],
             fresh=now_epoch < fresh_until,
+            finish_reason=item.get("finish_reason", "stop"),
+            tool_calls=tuple(json.loads(item["tool_calls"])) if item.get("tool_calls") else (),
         )
 
     def put(
@@ -84,6 +88,9 @@ class ResponseCache:
                 "cost_micros": answer.cost_micros,
                 "provider": answer.provider,
                 "created_at": answer.created_at,
+                "finish_reason": answer.finish_reason,
+                # JSON text, not a map: replayed byte for byte, and no number turns into a Decimal
+                **({"tool_calls": json.dumps(answer.tool_calls)} if answer.tool_calls else {}),
                 "fresh_until": now_epoch + ttl_seconds,
                 "expires_at": now_epoch + ttl_seconds + max(0, stale_seconds),
             },

@@ -126,7 +126,7 @@ class ModelCall:
 @dataclass(frozen=True)
 class CompletionSpec:
     calls: tuple[ModelCall, ...]  # the primary model first, then its fallbacks in order
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     response_format: dict[str, Any] | None
     cache_ttl_s: int
     validate: OutputValidator
@@ -392,7 +392,7 @@ class Completions:
 
     def _fit(
         self, call: ModelCall, spec: CompletionSpec, later: tuple[ModelCall, ...]
-    ) -> tuple[list[dict[str, str]] | None, bool]:
+    ) -> tuple[list[dict[str, Any]] | None, bool]:
         """The messages for `call`, trimmed if no later model could take them whole.
 
         (None, False): skip this model, a later one has the window for the input as it is.
@@ -405,7 +405,7 @@ class Completions:
         return _trim_longest(spec.messages, call.model, overflow), True
 
     def _attempt(
-        self, run: _Run, call: ModelCall, messages: list[dict[str, str]], digest: str, *, hops_left: int, fallback: bool
+        self, run: _Run, call: ModelCall, messages: list[dict[str, Any]], digest: str, *, hops_left: int, fallback: bool
     ) -> CompletionResult:
         """One provider attempt: breaker → reserve → call → validate → settle (‖ cache write).
 
@@ -456,7 +456,7 @@ class Completions:
         try:
             if reply.finish_reason == "content_filter":
                 raise ContentFiltered("the model provider's content filter withheld the answer")
-            output = spec.validate(reply.content)
+            output = _output(spec, reply.content, reply.tool_calls)
         except (InvalidModelOutput, ContentFiltered) as exc:
             # The provider answered (and charged us); the answer is unusable and is not cached.
             failed = run.row(attempt, call.model, provider, "failure", usage, cost, price_from, error=exc.code)
@@ -474,6 +474,8 @@ class Completions:
                 cost_micros=cost,
                 provider=provider,
                 created_at=now.isoformat(),
+                finish_reason=reply.finish_reason,
+                tool_calls=reply.tool_calls,
             )
             settle.append(
                 lambda: self.cache.put(
@@ -502,7 +504,7 @@ class Completions:
             served_by="fallback_model" if fallback else "primary",
             attempts=run.attempts,
             limits=run.limits,
-            extra={"finish_reason": reply.finish_reason},
+            extra=_answer_extra(reply.finish_reason, reply.tool_calls),
         )
 
     def _verdict(self, circuit: str, admission: Admission, probe: str | None, error: GatewayError | None) -> None:
@@ -518,7 +520,7 @@ class Completions:
         spec = run.spec
         if stale is not None:
             output, model, provider, served_by = (
-                spec.validate(stale.content),
+                _output(spec, stale.content, stale.tool_calls),
                 stale.model,
                 stale.provider,
                 "stale_cache",
@@ -548,6 +550,7 @@ class Completions:
             degraded_reason=reason,
             attempts=run.attempts,
             limits=run.limits,
+            extra=_answer_extra(stale.finish_reason, stale.tool_calls) if stale is not None else {},
         )
         self._mark_fallback(run.ctx, result)
         return result
@@ -585,7 +588,7 @@ class Completions:
         started: float,
         limits: LimitStatus,
     ) -> CompletionResult:
-        output = spec.validate(hit.content)
+        output = _output(spec, hit.content, hit.tool_calls)
         usage = Usage(hit.input_tokens, hit.cached_tokens, hit.output_tokens)
         entry = ledger_entry(
             ctx, ctx.attempt, started, now, hit.model, hit.provider, "cache_hit", usage, 0, None, saved=hit.cost_micros
@@ -604,6 +607,7 @@ class Completions:
             served_by="cache",
             attempts=0,
             limits=limits,
+            extra=_answer_extra(hit.finish_reason, hit.tool_calls),
         )
 
     def _settle(
@@ -693,23 +697,34 @@ def _max_output(call: ModelCall) -> int:
     )
 
 
-def _input_tokens(call: ModelCall, messages: list[dict[str, str]], response_format: dict[str, Any] | None) -> int:
+def _output(spec: CompletionSpec, content: str, tool_calls: tuple[dict[str, Any], ...]) -> Any:
+    """What the caller gets: function calls pass through as the model made them (the client runs
+    them and validates their arguments); text goes through the spec's validator."""
+    return content if tool_calls else spec.validate(content)
+
+
+def _answer_extra(finish_reason: str, tool_calls: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    return {"finish_reason": finish_reason, **({"tool_calls": list(tool_calls)} if tool_calls else {})}
+
+
+def _input_tokens(call: ModelCall, messages: list[dict[str, Any]], response_format: dict[str, Any] | None) -> int:
     counted = tokens.count_messages(messages, call.model)
-    if response_format is not None:
-        counted += tokens.count_text(json.dumps(response_format), call.model)
+    for structured in (response_format, call.params.get("tools")):  # both are prompt too
+        if structured is not None:
+            counted += tokens.count_text(json.dumps(structured), call.model)
     return counted
 
 
-def _overflow(call: ModelCall, messages: list[dict[str, str]], response_format: dict[str, Any] | None) -> int:
+def _overflow(call: ModelCall, messages: list[dict[str, Any]], response_format: dict[str, Any] | None) -> int:
     """Tokens by which the input plus the output limit exceed the model's context window."""
     return _input_tokens(call, messages, response_format) + _max_output(call) - get_model(call.model).context_window
 
 
-def _trim_longest(messages: list[dict[str, str]], model: str, overflow: int) -> list[dict[str, str]] | None:
+def _trim_longest(messages: list[dict[str, Any]], model: str, overflow: int) -> list[dict[str, Any]] | None:
     """The messages with the longest one shortened by `overflow` tokens (and a margin), or None
     when even removing most of it would not be enough."""
-    longest = max(range(len(messages)), key=lambda i: len(messages[i].get("content", "")))
-    text = messages[longest].get("content", "")
+    longest = max(range(len(messages)), key=lambda i: len(messages[i].get("content") or ""))
+    text = messages[longest].get("content") or ""
     have = tokens.count_text(text, model)
     target = have - overflow - max(64, overflow // 50)
     if target < have // 10:
@@ -719,7 +734,7 @@ def _trim_longest(messages: list[dict[str, str]], model: str, overflow: int) -> 
     return trimmed
 
 
-def _repair_messages(messages: list[dict[str, str]], error: InvalidModelOutput) -> list[dict[str, str]]:
+def _repair_messages(messages: list[dict[str, Any]], error: InvalidModelOutput) -> list[dict[str, Any]]:
     """The conversation once more, with the invalid answer and what is wrong with it."""
     return [
         *messages,

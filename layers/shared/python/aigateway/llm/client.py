@@ -119,13 +119,14 @@ class ProviderReply:
     finish_reason: str
     simulated: bool
     latency_ms: int
+    tool_calls: tuple[dict[str, Any], ...] = ()  # function calls the model asked for, in OpenAI's wire shape
 
 
 def chat_completion(
     client: OpenAI,
     *,
     model: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     params: dict[str, Any],
     response_format: dict[str, Any] | None,
     timeout_s: float,
@@ -170,6 +171,7 @@ def chat_completion(
         finish_reason=choice.finish_reason or "stop",
         simulated=(completion.system_fingerprint or "") == "fp_simulated",
         latency_ms=latency_ms,
+        tool_calls=tuple(call.model_dump(mode="json", exclude_none=True) for call in choice.message.tool_calls or ()),
     )
 
 

@@ -23,6 +23,9 @@ malformed, schema_invalid, content_filter (400 `content_filter`, Azure OpenAI's 
 context_length (400 `context_length_exceeded`), 401 (invalid_api_key), latency=NNN, ok.
 Requests whose prompt plus output limit exceed the model's context window are refused with the
 same 400 `context_length_exceeded` OpenAI sends, fault or not.
+Tools: with `tools` (and `tool_choice` not "none") the answer is one call of the named function,
+else of the first, arguments generated from its parameter schema (`finish_reason: "tool_calls"`);
+with `auto` after a tool result it answers in words. Tool messages must answer a preceding call.
 Exact answers for tests: `queue_response(status, body, headers)` or POST /_sim/responses
 {"status": 200, "body": {...}, "headers": {...}}; each is used once, before the script.
 Counters: GET /_sim/stats (DELETE resets them); DELETE /_sim/faults clears plan and queue.
@@ -512,12 +515,18 @@ class SimulatedProvider:
         n = int(request.get("n") or 1)
         digest = _digest(model, messages, response_format)
         prompt_tokens = tokens.count_messages(messages, model)
+        if request.get("tools"):  # definitions are prompt too (an estimate: OpenAI's rendering is private)
+            prompt_tokens += tokens.count_text(json.dumps(request["tools"], ensure_ascii=False), model)
         if prompt_tokens + (max_tokens or 0) > spec.context_window:
             return self._error(_context_length_error(spec.context_window, prompt_tokens, max_tokens or 0))
 
         choices: list[tuple[str, str]] = []  # (content, finish_reason)
         completion_tokens = 0
-        for index in range(n):
+        # Tool calls are simulated in whole answers only (the gateway never streams from a provider).
+        tool_calls = [] if request.get("stream") else _tool_calls(request, digest)
+        for call in tool_calls:
+            completion_tokens += tokens.count_text(call["function"]["name"] + call["function"]["arguments"], model)
+        for index in range(0 if tool_calls else n):
             content = _content(model, messages, response_format, digest if index == 0 else _digest(digest, index))
             if schema_invalid:
                 content = _invalid_content(response_format, digest)
@@ -548,20 +557,24 @@ class SimulatedProvider:
             headers = self._headers("text/event-stream; charset=utf-8")
             headers["cache-control"] = "no-cache"
             return SimResponse(200, headers, stream)
+        answers: list[dict[str, Any]] = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            for i, (content, finish) in enumerate(choices)
+        ]
+        if tool_calls:
+            message = {"role": "assistant", "content": None, "tool_calls": tool_calls, "refusal": None}
+            answers = [{"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}]
         body = {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-                for i, (content, finish) in enumerate(choices)
-            ],
+            "choices": answers,
             "usage": usage,
             "service_tier": "default",
             "system_fingerprint": SYSTEM_FINGERPRINT,
@@ -691,6 +704,7 @@ def _validate(request: dict[str, Any]) -> tuple[ModelSpec, int | None]:
         max_tokens = value if max_tokens is None else min(max_tokens, value)
 
     _validate_response_format(request.get("response_format"), messages)
+    _validate_tools(request.get("tools"), request.get("tool_choice"), messages)
     return spec, max_tokens
 
 
@@ -773,6 +787,82 @@ def _validate_reasoning(spec: ModelSpec, request: dict[str, Any]) -> None:
             param="reasoning_effort",
             code="invalid_value",
         )
+
+
+def _tool_functions(tools: object) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        return []
+    return [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+
+
+def _validate_tools(tools: object, choice: object, messages: list[dict[str, Any]]) -> None:
+    """What OpenAI refuses about tools: a malformed definition, a tool_choice without tools or
+    naming an unknown function, and a tool message that answers no preceding tool call."""
+    if tools is not None:
+        if not isinstance(tools, list) or not tools:
+            raise _ApiError(400, "Invalid 'tools': expected a non-empty array.", param="tools", code="invalid_value")
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(name, str):
+                raise _ApiError(
+                    400, f"Invalid 'tools[{i}]': expected a function tool with a name.", param=f"tools[{i}]"
+                )
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise _ApiError(
+                    400,
+                    f"Invalid 'tools[{i}].function.name': string does not match pattern. Expected a string that "
+                    "matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                    param=f"tools[{i}].function.name",
+                    code="invalid_value",
+                )
+    if choice is not None and tools is None:
+        raise _ApiError(
+            400,
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            param="tool_choice",
+        )
+    if isinstance(choice, dict):
+        named = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if named not in {f.get("name") for f in _tool_functions(tools)}:
+            raise _ApiError(
+                400, f"Invalid value for 'tool_choice': function {named!r} is not in 'tools'.", param="tool_choice"
+            )
+    called: set[object] = set()
+    for i, message in enumerate(messages):
+        if message.get("role") == "assistant":
+            called = {c.get("id") for c in message.get("tool_calls") or [] if isinstance(c, dict)}
+        elif message.get("role") == "tool" and message.get("tool_call_id") not in called:
+            raise _ApiError(
+                400,
+                "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
+                "'tool_calls'.",
+                param=f"messages.[{i}].role",
+            )
+
+
+def _tool_calls(request: dict[str, Any], digest: str) -> list[dict[str, Any]]:
+    """The function call the simulated model makes: the named one, else the first tool, when it
+    must call one (`required`) or may (`auto`) and the conversation is not already answering a
+    tool result; arguments are an instance of the function's parameter schema."""
+    choice = request.get("tool_choice", "auto")
+    functions = _tool_functions(request.get("tools"))
+    if not functions or choice == "none":
+        return []
+    named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if named is None and choice != "required" and request["messages"][-1].get("role") == "tool":
+        return []  # `auto` with the tool's result in hand: answer in words
+    function = next((f for f in functions if f.get("name") == named), functions[0])
+    parameters = function.get("parameters")
+    rng = random.Random(int(digest[:16], 16))
+    arguments = _SchemaFaker(parameters if isinstance(parameters, dict) else {"type": "object"}, rng).value()
+    return [
+        {
+            "id": f"call_{digest[:24]}",
+            "type": "function",
+            "function": {"name": function["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
+        }
+    ]
 
 
 def _validate_response_format(fmt: object, messages: list[dict[str, Any]]) -> None:
