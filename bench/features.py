@@ -16,7 +16,9 @@ every round) so the machine's noise lands on both sides alike.
    while the direct call still goes to the provider, which is what the client would pay without
    the gateway), and `stream=True` MISS and HIT timed to the last chunk (the gateway calls the
    provider unstreamed and renders the SSE at once, API Gateway buffering Lambda responses; the
-   direct call streams from the simulator). Every request is checked (status, x-aigateway-cached).
+   direct call streams from the simulator), and a function-calling MISS (one `tools` entry; the
+   answer is a tool call, its arguments checked non-empty). Every request is checked (status,
+   x-aigateway-cached).
    Reported: p50/p95 per path, gateway − direct and gateway / direct at p50 and p95, and the
    median of the per-round paired differences. No provider latency is injected: the difference is
    the gateway's own work (authorizer cache, rate limits, budget, cache, ledger on moto).
@@ -155,7 +157,24 @@ CHAT_KINDS = (
     ("hit", "cache HIT"),
     ("stream_miss", "stream=True, MISS (to last chunk)"),
     ("stream_hit", "stream=True, HIT (to last chunk)"),
+    ("tools_miss", "function calling, MISS (a tool call back)"),
 )
+# One function, as an agent framework would declare it: the answer is a call, not text.
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "run_query",
+            "description": "Run a read-only SQL query",
+            "parameters": {
+                "type": "object",
+                "properties": {"sql": {"type": "string"}, "limit": {"type": "integer", "minimum": 1, "maximum": 100}},
+                "required": ["sql", "limit"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
 
 
 def _chat_messages(mark: str) -> list[dict[str, str]]:
@@ -182,12 +201,18 @@ class ChatBench:
         self.gw.close()
         self.direct.close()
 
-    def call(self, client: Any, messages: list[dict[str, str]], *, stream: bool, cached: bool | None) -> float:
+    def call(
+        self, client: Any, messages: list[dict[str, str]], *, stream: bool, cached: bool | None, tools: bool = False
+    ) -> float:
         """One SDK call, timed to the parsed answer (stream: to the last chunk); checked."""
         started = time.perf_counter()
         if stream:
             raw = client.chat.completions.with_raw_response.create(model=CHAT_MODEL, messages=messages, stream=True)
             text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        elif tools:
+            raw = client.chat.completions.with_raw_response.create(model=CHAT_MODEL, messages=messages, tools=TOOLS)
+            calls = raw.parse().choices[0].message.tool_calls or []
+            text = calls[0].function.arguments if calls else ""
         else:
             raw = client.chat.completions.with_raw_response.create(model=CHAT_MODEL, messages=messages)
             text = raw.parse().choices[0].message.content or ""
@@ -233,6 +258,14 @@ class ChatBench:
             ("gateway_stream_miss", lambda i: self.call(gw, _chat_messages(_mark("gs", i)), stream=True, cached=False)),
             ("direct_stream_hit", lambda i: self.call(direct, stream_hit, stream=True, cached=None)),
             ("gateway_stream_hit", lambda i: self.call(gw, stream_hit, stream=True, cached=True)),
+            (
+                "direct_tools_miss",
+                lambda i: self.call(direct, _chat_messages(_mark("dt", i)), stream=False, cached=None, tools=True),
+            ),
+            (
+                "gateway_tools_miss",
+                lambda i: self.call(gw, _chat_messages(_mark("gt", i)), stream=False, cached=False, tools=True),
+            ),
         ]
         samples = interleave(ops, rounds, warmup)
         rows = []
