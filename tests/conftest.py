@@ -12,6 +12,7 @@ import pytest
 from aigateway.llm.simulated import SimulatedProvider, SimulatedProviderServer
 from infra.local.apigateway import LocalApiGateway
 from infra.local.runtime import LocalStack, synthesize
+from infra.local.server import LocalHttpServer
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +87,15 @@ class Client:
 
     def get(self, path: str, **kwargs: Any) -> Reply:
         return self.request("GET", path, **kwargs)
+
+
+@pytest.fixture
+def base_url(stack: LocalStack) -> Iterator[str]:
+    """The stack's API over real loopback HTTP, as an OpenAI client's `base_url` (`…/v1`)."""
+    server = LocalHttpServer(LocalApiGateway(stack), port=0)
+    url = server.start()
+    yield f"{url}/v1"
+    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ models, and every error as the SDK's own typed exception."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,21 +14,10 @@ from pydantic import BaseModel
 
 from aigateway.governance.config import BudgetSettings
 from aigateway.llm import tokens
-from infra.local.apigateway import LocalApiGateway
-from infra.local.runtime import LocalStack
 from infra.local.seed import seed_demo_tenant
-from infra.local.server import LocalHttpServer
 from tests.integration.governance_support import configure, ledger_rows
 
 MODEL = "gpt-4o-mini"
-
-
-@pytest.fixture
-def base_url(stack: LocalStack) -> Iterator[str]:
-    server = LocalHttpServer(LocalApiGateway(stack), port=0)
-    url = server.start()
-    yield f"{url}/v1"
-    server.stop()
 
 
 @pytest.fixture
