@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := layers/shared/python:functions:.
 
-.PHONY: install run test unit lint typecheck bench export score eval synth layers deploy clean
+.PHONY: install run test unit lint typecheck bench export score eval bootstrap synth layers deploy clean
 
 $(STAMP): requirements-dev.txt layers/deps/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ export: install
 score: install
 	@test -n "$(CSV)" || { echo "usage: make score CSV=path [OUT=path]"; exit 2; }
 	$(PY) -m cli score '$(CSV)' $(if $(OUT),--out '$(OUT)')
+
+## After a deploy, the first operator (admin) key, printed once: make bootstrap TABLE=<StateTableName output>
+## (writes with your AWS credentials; creates tenant `ops`; every later key goes through the API).
+bootstrap: install
+	@test -n "$(TABLE)" || { echo "usage: make bootstrap TABLE=<StateTableName stack output>"; exit 2; }
+	$(PY) -m cli bootstrap --table '$(TABLE)'
 
 ## Prompt evaluation: skill_assessment v1 against v2 over docs/examples/eval/skill_assessment.jsonl (schema
 ## validity, keyword coverage, latency, cost per case), straight to the provider: OpenAI if OPENAI_API_KEY is set
