@@ -503,6 +503,7 @@ def sse_stream(completion: dict[str, Any], *, include_usage: bool) -> str:
     }
     choice = completion["choices"][0]
     content: str = choice["message"]["content"] or ""
+    calls: list[dict[str, Any]] = choice["message"].get("tool_calls") or []
 
     def event(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -516,18 +517,11 @@ def sse_stream(completion: dict[str, Any], *, include_usage: bool) -> str:
     pieces = _PIECE.findall(content)
     if "".join(pieces) != content:  # leading/trailing whitespace only: keep it exact
         pieces = [content]
-    events = [
-        event(
-            {
-                "role": "assistant",
-                "content": "" if content or not choice["message"].get("tool_calls") else None,
-                "refusal": None,
-            }
-        )
-    ]
+    # OpenAI opens a stream that only calls tools with `content: null`, any other with "".
+    events = [event({"role": "assistant", "content": None if calls and not content else "", "refusal": None})]
     for start in range(0, len(pieces), WORDS_PER_CHUNK):
         events.append(event({"content": "".join(pieces[start : start + WORDS_PER_CHUNK])}))
-    for index, call in enumerate(choice["message"].get("tool_calls") or ()):
+    for index, call in enumerate(calls):
         # As OpenAI streams a call: id, type and name first, then the arguments in pieces.
         head = {"index": index, "id": call["id"], "type": "function"}
         events.append(
