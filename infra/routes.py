@@ -39,6 +39,10 @@ class Function:
     grants: tuple[str, ...] = field(default_factory=tuple)
 
 
+# What every function that calls a model needs (Completions.complete): the response cache, the
+# ledger and budget counters, tenant settings and circuits, the provider key, budget alerts.
+MODEL_CALLER = ("cache:readwrite", "ledger:write", "state:readwrite", "secret:read", "alerts:publish")
+
 FUNCTIONS: tuple[Function, ...] = (
     Function(
         "authorizer",
@@ -50,26 +54,12 @@ FUNCTIONS: tuple[Function, ...] = (
     Function(
         "generate",
         "Template-driven generation: render, cache, provider, ledger",
-        grants=(
-            "cache:readwrite",
-            "ledger:write",
-            "state:readwrite",
-            "secret:read",
-            "alerts:publish",
-            "idempotency:readwrite",
-        ),
+        grants=(*MODEL_CALLER, "idempotency:readwrite"),
     ),
     Function(
         "chat",
         "OpenAI-compatible chat completions and models; conversations with context-window management",
-        grants=(
-            "cache:readwrite",
-            "ledger:write",
-            "state:readwrite",
-            "secret:read",
-            "alerts:publish",
-            "idempotency:readwrite",
-        ),
+        grants=(*MODEL_CALLER, "idempotency:readwrite"),
     ),
     Function(
         "jobs",
@@ -131,7 +121,7 @@ FUNCTIONS: tuple[Function, ...] = (
         "workflow",
         "Task states of the asynchronous job workflow",
         timeout_s=60,
-        grants=("cache:readwrite", "ledger:write", "state:readwrite", "secret:read", "alerts:publish"),
+        grants=MODEL_CALLER,
     ),
 )
 

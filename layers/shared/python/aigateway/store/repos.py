@@ -94,8 +94,8 @@ class Tenants:
     def get(self, tenant_id: str) -> Item | None:
         return self.db.get(self.table, {"pk": f"TENANT#{tenant_id}", "sk": "TENANT"})
 
-    def create(self, tenant_id: str, *, name: str, created_at: str) -> bool:
-        """Creates the tenant once; returns False if it already existed."""
+    def create(self, tenant_id: str, *, name: str, created_at: str) -> Item | None:
+        """Creates the tenant once; returns the stored item, or None if it already existed."""
         item = {
             "pk": f"TENANT#{tenant_id}",
             "sk": "TENANT",
@@ -109,8 +109,8 @@ class Tenants:
         try:
             self.db.put(self.table, item, condition="attribute_not_exists(pk)")
         except ConditionFailed:
-            return False
-        return True
+            return None
+        return item
 
     def all(self) -> list[Item]:
         """Every tenant, by id (gsi1)."""
